@@ -1,0 +1,79 @@
+"""Name -> implementation tables for storages and compute backends.
+
+An entry is a ``"module:Class"`` string imported on first use, so that
+``import cloudpool`` never imports a cloud SDK. A missing SDK turns into a
+``MissingDependencyError`` that says which extra to install. Third parties add
+entries through an entry-point group (``cloudpool.storage`` / ``cloudpool.compute``)
+without touching this package.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Dict, Generic, Optional, Tuple, Type, TypeVar
+
+from .errors import MissingDependencyError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A lazily imported table of implementations of one ABC."""
+
+    def __init__(self, kind: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        # name -> (import path "module:Class", extra that provides its SDK or None)
+        self._known: Dict[str, Tuple[str, Optional[str]]] = {}
+        self._loaded: Dict[str, Type[T]] = {}
+        self._entry_points_read = False
+
+    def register(self, name: str, target: "str | Type[T]", extra: Optional[str] = None,
+                 *, replace: bool = False) -> None:
+        """Add ``name``; ``target`` is a class or a ``"module:Class"`` path imported on use."""
+        if not replace and (name in self._known or name in self._loaded):
+            raise ValueError(f"{self.kind} {name!r} is already registered; pass replace=True")
+        if isinstance(target, str):
+            self._known[name] = (target, extra)
+            self._loaded.pop(name, None)
+        else:
+            self._loaded[name] = target
+
+    def _read_entry_points(self) -> None:
+        if self._entry_points_read:
+            return
+        self._entry_points_read = True
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name not in self._known and ep.name not in self._loaded:
+                self._known[ep.name] = (ep.value, None)
+
+    def names(self) -> list:
+        self._read_entry_points()
+        return sorted(set(self._known) | set(self._loaded))
+
+    def get(self, name: str) -> Type[T]:
+        """Return the class registered as ``name``, importing it if needed."""
+        if name in self._loaded:
+            return self._loaded[name]
+        self._read_entry_points()
+        if name not in self._known:
+            close = difflib.get_close_matches(name, self.names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
+            )
+        path, extra = self._known[name]
+        module_name, _, attr = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) or str(exc)
+            how = f"pip install 'cloudpool[{extra}]'" if extra else f"install the package providing {module_name}"
+            raise MissingDependencyError(
+                f"the {self.kind} {name!r} needs the package {missing!r}, which is not "
+                f"installed: {how}"
+            ) from exc
+        cls = getattr(module, attr)
+        self._loaded[name] = cls
+        return cls

@@ -1,0 +1,81 @@
+"""Storage registry: URL scheme -> ``StorageBackend`` class, and URL parsing.
+
+``storage_for("s3://bucket/some/key")`` returns the backend instance for that bucket
+(cached per process, so clients and workers reuse SDK clients) and the key. The SDK
+behind a scheme is imported only when the scheme is first used.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+from ..registry import Registry
+from .base import ObjectInfo, StorageBackend
+
+__all__ = ["storages", "split_url", "storage_for", "get_storage", "StorageBackend", "ObjectInfo"]
+
+storages: Registry[StorageBackend] = Registry("storage", "cloudpool.storage")
+storages.register("file", "cloudpool.storage.local:LocalStorage")
+storages.register("s3", "cloudpool.storage.s3:S3Storage", "aws")
+storages.register("cos", "cloudpool.storage.cos:COSStorage", "ibm")
+storages.register("gs", "cloudpool.storage.gcs:GCSStorage", "gcp")
+storages.register("az", "cloudpool.storage.azure:AzureBlobStorage", "azure")
+storages.register("http", "cloudpool.storage.http:HTTPStorage", "http")
+storages.register("https", "cloudpool.storage.http:HTTPSStorage", "http")
+
+_cache: Dict[Tuple[str, str, str], StorageBackend] = {}
+_cache_lock = threading.Lock()
+
+
+def split_url(url: str) -> Tuple[str, str, str]:
+    """Split a storage URL into ``(scheme, bucket, key)``.
+
+    Plain paths and ``file://`` URLs give scheme ``"file"``, bucket ``""`` and the
+    absolute path (without its leading slash) as the key.
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"a storage URL must be a non-empty string, not {url!r}")
+    if "://" not in url:
+        return "file", "", os.path.abspath(os.path.expanduser(url)).lstrip("/")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"malformed URL {url!r}: use file:///absolute/path (three slashes)")
+        return "file", "", os.path.abspath(parts.path or "/").lstrip("/")
+    if not parts.netloc:
+        raise ValueError(
+            f"malformed URL {url!r}: it names no bucket; write {scheme}://BUCKET/PREFIX"
+        )
+    key = parts.path.lstrip("/")
+    if scheme in ("http", "https") and parts.query:
+        key = f"{key}?{parts.query}"
+    return scheme, parts.netloc, key
+
+
+def get_storage(scheme: str, bucket: str, options: Optional[Mapping[str, Any]] = None) -> StorageBackend:
+    """The (cached) backend instance for one bucket with these options."""
+    opts = dict(options or {})
+    cache_key = (scheme, bucket, repr(sorted(opts.items())))
+    with _cache_lock:
+        backend = _cache.get(cache_key)
+    if backend is None:
+        cls = storages.get(scheme)
+        backend = cls(bucket, **opts)
+        with _cache_lock:
+            backend = _cache.setdefault(cache_key, backend)
+    return backend
+
+
+def storage_for(url: str, options: Optional[Mapping[str, Any]] = None) -> Tuple[StorageBackend, str]:
+    """``(backend, key)`` for a storage URL."""
+    scheme, bucket, key = split_url(url)
+    return get_storage(scheme, bucket, options), key
+
+
+def clear_cache() -> None:
+    """Forget cached backends (after a fork, or when tests restart a server)."""
+    with _cache_lock:
+        _cache.clear()

@@ -1,0 +1,183 @@
+"""The storage ABC: what every object store (local disk, S3, COS, GCS, Azure, HTTP) offers.
+
+A ``StorageBackend`` instance is bound to one bucket (container, or for local disk the
+filesystem root). Five primitives are abstract -- ``put``, ``get`` (with a byte range),
+``head``, ``list`` and ``delete`` -- and everything else (streaming reads, writers,
+JSON helpers, prefix deletion, existence checks) is built on them here, so a new
+backend is small. A backend overrides a derived method only to do it faster (say,
+multipart uploads in ``put_file``).
+
+Errors: every backend turns its SDK's errors into the ``OSError`` family with the
+object's URL in the message: ``FileNotFoundError`` for a missing key or bucket,
+``PermissionError`` for refused credentials, plain ``OSError`` otherwise.
+"""
+from __future__ import annotations
+
+import io
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar, FrozenSet, Iterable, Iterator, Optional, Union
+
+Bytes = Union[bytes, bytearray, memoryview]
+
+#: Reads through ``open()`` fetch this much per ranged GET.
+DEFAULT_READ_BLOCK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a HEAD tells about one object."""
+
+    key: str
+    size: int
+    etag: Optional[str] = None
+    mtime: Optional[float] = None
+
+
+class StorageBackend(ABC):
+    """One bucket of one object store. Subclasses implement the five primitives."""
+
+    #: URL scheme(s) this backend serves, e.g. ``"s3"``.
+    scheme: ClassVar[str] = ""
+    #: Options a user may set in config or as keyword arguments (e.g. ``endpoint_url``).
+    option_names: ClassVar[FrozenSet[str]] = frozenset()
+    #: False for read-only stores (plain HTTP).
+    writable: ClassVar[bool] = True
+    #: True when a call costs a network round trip (the manager then fetches in parallel).
+    remote: ClassVar[bool] = True
+
+    def __init__(self, bucket: str, **options: Any) -> None:
+        unknown = set(options) - set(self.option_names)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)} for {self.scheme}:// storage; "
+                f"accepted: {sorted(self.option_names) or 'none'}"
+            )
+        self.bucket = bucket
+        self.options = dict(options)
+
+    # ------------------------------------------------------------------ primitives
+    @abstractmethod
+    def put(self, key: str, data: Bytes) -> None:
+        """Store ``data`` under ``key``, replacing any object there (atomically)."""
+
+    @abstractmethod
+    def get(self, key: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+        """Return bytes ``[start, end)`` of the object (the whole object by default).
+
+        A range past the end is clipped (an empty ``bytes`` when ``start >= size``).
+        """
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Size and metadata of one object; ``FileNotFoundError`` when it is absent."""
+
+    @abstractmethod
+    def list(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with ``prefix``, in key order, fetched page by page.
+
+        ``start_after`` skips keys ``<=`` it (S3's StartAfter), which keeps a poll of a
+        growing prefix from re-reading what it has already seen.
+        """
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete these keys, in as few requests as the store allows; absent keys are fine."""
+
+    # ------------------------------------------------------------------ built on them
+    def url(self, key: str = "") -> str:
+        return f"{self.scheme}://{self.bucket}/{key}"
+
+    def check(self) -> None:
+        """Raise early (``FileNotFoundError``/``PermissionError``) if the bucket is unusable."""
+        next(iter(self.list("", None)), None)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def put_file(self, key: str, fileobj: BinaryIO) -> None:
+        """Upload a readable binary file; backends with multipart uploads override this."""
+        self.put(key, fileobj.read())
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put(key, json.dumps(value, separators=(",", ":")).encode())
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many there were."""
+        keys = [info.key for info in self.list(prefix)]
+        for i in range(0, len(keys), 1000):
+            self.delete(keys[i:i + 1000])
+        return len(keys)
+
+    def open(self, key: str, mode: str = "rb", *, start: int = 0, end: Optional[int] = None,
+             block_size: int = DEFAULT_READ_BLOCK) -> BinaryIO:
+        """A file object: ``"rb"`` streams ``[start, end)`` with ranged GETs, ``"wb"`` uploads on close."""
+        if mode == "rb":
+            if end is None:
+                end = self.head(key).size
+            raw = RangeReader(self, key, start, end)
+            return io.BufferedReader(raw, buffer_size=block_size)
+        if mode == "wb":
+            if not self.writable:
+                raise PermissionError(f"{self.url(key)}: {self.scheme}:// storage is read-only")
+            return ObjectWriter(self, key)
+        raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
+
+
+class RangeReader(io.RawIOBase):
+    """A raw stream over bytes ``[start, end)`` of one object, one ranged GET per read."""
+
+    def __init__(self, storage: StorageBackend, key: str, start: int, end: int) -> None:
+        super().__init__()
+        self._storage = storage
+        self._key = key
+        self._start = start
+        self._end = end
+        self._pos = start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}[whence]
+        self._pos = max(self._start, base + offset)
+        return self._pos - self._start
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self._end - self._pos)
+        if want <= 0:
+            return 0
+        data = self._storage.get(self._key, self._pos, self._pos + want)
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        return n
+
+
+class ObjectWriter(io.BytesIO):
+    """Collects written bytes and stores them as one object when closed."""
+
+    def __init__(self, storage: StorageBackend, key: str) -> None:
+        super().__init__()
+        self._storage = storage
+        self._key = key
+
+    def close(self) -> None:
+        if not self.closed:
+            self.seek(0)
+            self._storage.put_file(self._key, self)
+        super().close()

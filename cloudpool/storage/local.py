@@ -1,0 +1,117 @@
+"""Local-disk storage: a directory tree standing in for a bucket.
+
+Keys are paths relative to the filesystem root (``file:///tmp/x`` is key ``tmp/x``), so
+the same ``file://`` URL means the same object in the client and in local workers.
+Writes go to a temporary sibling and are renamed into place, so a reader (or a poll)
+never sees half an object -- the property S3 gives for free.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Iterable, Iterator, Optional
+
+from .base import Bytes, ObjectInfo, StorageBackend
+
+_TMP_MARK = ".cloudpool-tmp-"
+
+
+class LocalStorage(StorageBackend):
+    scheme = "file"
+    remote = False
+
+    def __init__(self, bucket: str = "", **options) -> None:
+        super().__init__(bucket, **options)
+        # The "bucket" of local storage is always the filesystem root.
+        self._root = "/"
+
+    def url(self, key: str = "") -> str:
+        return "file:///" + key
+
+    def _path(self, key: str) -> str:
+        if "\x00" in key:
+            raise ValueError(f"invalid object key {key!r}: contains a NUL byte")
+        return os.path.join(self._root, key.lstrip("/"))
+
+    def put(self, key: str, data: Bytes) -> None:
+        path = self._path(key)
+        tmp = f"{path}{_TMP_MARK}{secrets.token_hex(4)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def put_file(self, key: str, fileobj) -> None:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}{_TMP_MARK}{secrets.token_hex(4)}"
+        with open(tmp, "wb") as out:
+            while True:
+                block = fileobj.read(8 * 1024 * 1024)
+                if not block:
+                    break
+                out.write(block)
+        os.replace(tmp, path)
+
+    def get(self, key: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if start:
+                    f.seek(start)
+                if end is None:
+                    return f.read()
+                return f.read(max(0, end - (start or 0)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.url(key)}: no such object") from None
+        except IsADirectoryError:
+            raise FileNotFoundError(f"{self.url(key)}: no such object (it is a directory)") from None
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.url(key)}: no such object") from None
+        if not os.path.isfile(self._path(key)):
+            raise FileNotFoundError(f"{self.url(key)}: no such object (it is a directory)")
+        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def list(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        prefix = prefix.lstrip("/")
+        # Walk only the deepest directory the prefix names completely.
+        top_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        found = []
+        for dirpath, _dirnames, filenames in os.walk(self._path(top_rel)):
+            rel_dir = os.path.relpath(dirpath, self._root)
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            for name in filenames:
+                if _TMP_MARK in name:
+                    continue
+                key = rel_dir + name
+                if key.startswith(prefix) and (start_after is None or key > start_after):
+                    found.append((key, os.path.join(dirpath, name)))
+        found.sort()
+        for key, path in found:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # deleted between the walk and now
+                continue
+            yield ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            try:
+                os.unlink(self._path(key))
+            except FileNotFoundError:
+                continue
+
+    def check(self) -> None:
+        return None
