@@ -56,7 +56,9 @@ class Registry(Generic[T]):
         """Return the class registered as ``name``, importing it if needed."""
         if name in self._loaded:
             return self._loaded[name]
-        self._read_entry_points()
+        if name not in self._known:
+            # Scanning installed distributions is slow (tens of ms): only for names we lack.
+            self._read_entry_points()
         if name not in self._known:
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

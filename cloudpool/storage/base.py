@@ -42,6 +42,8 @@ class StorageBackend(ABC):
     scheme: ClassVar[str] = ""
     #: Options a user may set in config or as keyword arguments (e.g. ``endpoint_url``).
     option_names: ClassVar[FrozenSet[str]] = frozenset()
+    #: The subset of ``option_names`` that are credentials: never written into payloads.
+    secret_option_names: ClassVar[FrozenSet[str]] = frozenset()
     #: False for read-only stores (plain HTTP).
     writable: ClassVar[bool] = True
     #: True when a call costs a network round trip (the manager then fetches in parallel).
@@ -88,6 +90,10 @@ class StorageBackend(ABC):
     # ------------------------------------------------------------------ built on them
     def url(self, key: str = "") -> str:
         return f"{self.scheme}://{self.bucket}/{key}"
+
+    def public_options(self) -> dict:
+        """The options that may travel to workers (credentials removed)."""
+        return {k: v for k, v in self.options.items() if k not in self.secret_option_names}
 
     def check(self) -> None:
         """Raise early (``FileNotFoundError``/``PermissionError``) if the bucket is unusable."""

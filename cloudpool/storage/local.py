@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from typing import Iterable, Iterator, Optional
 
 from .base import Bytes, ObjectInfo, StorageBackend
@@ -115,3 +116,12 @@ class LocalStorage(StorageBackend):
 
     def check(self) -> None:
         return None
+
+    def delete_prefix(self, prefix: str) -> int:
+        # A prefix that names a directory is removed in one go (and its empty dirs with it).
+        path = self._path(prefix)
+        if prefix.endswith("/") and os.path.isdir(path):
+            count = sum(len(files) for _d, _s, files in os.walk(path))
+            shutil.rmtree(path, ignore_errors=True)
+            return count
+        return super().delete_prefix(prefix)

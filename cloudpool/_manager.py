@@ -1,0 +1,596 @@
+"""The manager: one background thread per executor that owns every state change.
+
+Data flow (compare CPython's ``concurrent/futures/process.py``)::
+
+    submit()/map() ──> pending deque ──> [manager] batch + pickle ──> storage (function, big args)
+                                              │                        ▲
+                                              └─ backend.invoke(event) │ workers write results + status
+                                                                       │
+    futures <── [manager] apply results <── fetch <── notices (SegmentDone) / LIST status/ poll
+
+The manager sleeps on one inbox. Submissions, cancellations, backend notices and
+finished fetches all arrive there, so futures are completed, batches retired and lost
+work re-queued by this thread alone; user threads only append to the pending deque.
+
+Batching: a job's first batches hold one call (a probe); once calls of the job have
+been timed, a batch holds as many as fit in the backend's ``batch_target_seconds``,
+but never more than an even share of what is pending, so every worker gets work.
+
+Polling: per interval, one LIST per job that has calls outstanding, starting after the
+oldest outstanding batch -- its cost follows the work still running, not the number
+of futures ever created. Backends that push notices are polled only as a safety net.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import math
+import queue
+import threading
+import time
+import weakref
+from concurrent.futures._base import InvalidStateError
+from typing import Any, Deque, Dict, List, Optional
+
+from . import protocol
+from .compute.base import ComputeBackend, InvocationLost, SegmentDone
+from .errors import (BrokenCloudPool, CallTimeoutError, InitializerError, RemoteTraceback,
+                     VersionMismatchError, WorkerLostError)
+from .storage.base import StorageBackend
+
+LOGGER = logging.getLogger("cloudpool")
+STDLIB_LOGGER = logging.getLogger("concurrent.futures")
+
+#: Extra time, beyond the call timeout, before a silent invocation is declared lost.
+TIMEOUT_GRACE = 10.0
+
+
+class Job:
+    """One function, pickled once and shared by all its calls."""
+
+    __slots__ = ("id", "fn", "uploaded", "next_batch", "outstanding", "est", "error", "__weakref__")
+
+    def __init__(self, job_id: str, fn: Any) -> None:
+        self.id = job_id
+        self.fn = fn                      # dropped once uploaded: no stale references
+        self.uploaded = False
+        self.next_batch = 0
+        self.outstanding: Dict[int, "Batch"] = {}
+        self.est: Optional[float] = None  # seconds per call, moving average
+        self.error: Optional[BaseException] = None
+
+
+class Call:
+    """One call: its future, its job, and its arguments until they are pickled."""
+
+    __slots__ = ("future", "job", "payload", "pickled", "started")
+
+    def __init__(self, future: concurrent.futures.Future, job: Job, payload: Any) -> None:
+        self.future = future
+        self.job = job
+        self.payload = payload
+        self.pickled: Optional[bytes] = None  # kept only while its batch is in flight
+        self.started = False
+
+
+class Batch:
+    __slots__ = ("job", "number", "inv", "calls", "blob", "offsets", "seen", "progress_at", "last_seen")
+
+    def __init__(self, job: Job, number: int, calls: List[Call], blob: bytes, offsets: List[int]) -> None:
+        self.job = job
+        self.number = number
+        self.inv = f"{job.id}:{number}"
+        self.calls: List[Optional[Call]] = list(calls)
+        self.blob = blob
+        self.offsets = offsets
+        self.seen: set = set()
+        self.progress_at = time.monotonic()
+        self.last_seen = False
+
+    def unresolved(self) -> List[int]:
+        return [i for i, c in enumerate(self.calls) if c is not None]
+
+
+class _Wake:
+    """Inbox message: something was submitted, cancelled or asked; look again."""
+
+
+WAKE = _Wake()
+
+
+class Manager(threading.Thread):
+    def __init__(self, *, backend: ComputeBackend, storage: StorageBackend, keys: protocol.Keys,
+                 event_base: Dict[str, Any], config, has_initializer: bool) -> None:
+        super().__init__(name=f"cloudpool-manager-{keys.executor_id}", daemon=True)
+        self.backend = backend
+        self.storage = storage
+        self.keys = keys
+        self.event_base = event_base
+        self.config = config
+        self.has_initializer = has_initializer
+        self.inbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        # Shared with user threads: submissions append, shutdown(cancel_futures) drains.
+        self.pending_lock = threading.RLock()
+        self.pending: Deque[Call] = collections.deque()
+        self.in_flight: Dict[str, Batch] = {}
+        self.shutting_down = False
+        self.broken: Optional[BaseException] = None
+        self._fetch_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._poll_interval = config["poll_interval"]
+        self._next_poll = 0.0
+        self._fetching = 0
+        self.caps = backend.capabilities
+        self.idle = True  # blocked on an empty inbox with nothing in flight
+
+    # ------------------------------------------------------------------ user-thread API
+    def add(self, calls: List[Call]) -> None:
+        with self.pending_lock:
+            self.pending.extend(calls)
+        self.inbox.put(WAKE)
+        if self.idle:
+            # Let the sleeping manager take the GIL now, so the first calls are invoked
+            # promptly instead of after the submitting thread's 5 ms switch interval.
+            time.sleep(0)
+
+    def wake(self) -> None:
+        self.inbox.put(WAKE)
+
+    def cancel_pending(self) -> None:
+        """shutdown(cancel_futures=True): cancel everything not yet invoked."""
+        with self.pending_lock:
+            keep = collections.deque()
+            while self.pending:
+                call = self.pending.popleft()
+                if call.started:
+                    keep.append(call)  # re-queued after a lost worker: it is running
+                elif call.future.cancel():
+                    call.future.set_running_or_notify_cancel()
+            self.pending = keep
+
+    # ------------------------------------------------------------------ thread body
+    def run(self) -> None:
+        try:
+            self.backend.start(self.inbox.put)
+            if self.storage.remote:
+                self._fetch_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=16, thread_name_prefix="cloudpool-fetch")
+            while True:
+                self._wait_and_handle()
+                if self.broken is None:
+                    self._dispatch()
+                    self._poll_if_due()
+                    self._check_deadlines()
+                if self.shutting_down or self.broken is not None:
+                    with self.pending_lock:
+                        idle = not self.pending
+                    if (idle and not self.in_flight and not self._fetching) or self.broken is not None:
+                        break
+        except BaseException as exc:  # noqa: BLE001 - never leave futures hanging
+            LOGGER.exception("cloudpool manager thread failed")
+            broken = BrokenCloudPool(f"the cloudpool manager thread failed: {exc!r}; the executor is not usable anymore")
+            broken.__cause__ = exc
+            self._break(broken)
+        finally:
+            self._close()
+
+    def _wait_and_handle(self) -> None:
+        timeout = self._seconds_to_next_poll() if self.in_flight or self._fetching else None
+        if self.shutting_down and timeout is None:
+            timeout = 0.1
+        self.idle = not self.in_flight
+        try:
+            message = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        finally:
+            self.idle = False
+        while True:
+            self._handle(message)
+            try:
+                message = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, message: Any) -> None:
+        if message is WAKE:
+            self._purge_cancelled()
+        elif isinstance(message, SegmentDone):
+            self._on_status(message.status, inline_fetch=not self.storage.remote)
+        elif isinstance(message, InvocationLost):
+            self._on_lost(message)
+        elif isinstance(message, tuple) and message[0] == "fetched":
+            self._fetching -= 1
+            _tag, inv, status, blob = message
+            batch = self.in_flight.get(inv)
+            if batch is not None:
+                self._apply(batch, status, blob)
+
+    def _purge_cancelled(self) -> None:
+        """Notify waiters of calls cancelled while pending, as soon as they are cancelled."""
+        with self.pending_lock:
+            if not any(c.future.cancelled() for c in self.pending):
+                return
+            keep = collections.deque()
+            for call in self.pending:
+                if not call.started and call.future.cancelled():
+                    call.future.set_running_or_notify_cancel()
+                else:
+                    keep.append(call)
+            self.pending = keep
+
+    # ------------------------------------------------------------------ dispatch
+    def _batch_size(self, job: Job, npending: int) -> int:
+        limit = self.config["max_batch_size"]
+        if self.caps.max_batch_calls:
+            limit = min(limit, self.caps.max_batch_calls)
+        if job.est is None:
+            return 1  # probe: learn how long a call takes before grouping them
+        size = int(self.caps.batch_target_seconds / max(job.est, 1e-6))
+        share = math.ceil(npending / self.caps.max_concurrency)
+        return max(1, min(size, share, limit))
+
+    def _dispatch(self) -> None:
+        while len(self.in_flight) < self.caps.max_in_flight:
+            with self.pending_lock:
+                if not self.pending:
+                    return
+                job = self.pending[0].job
+                size = self._batch_size(job, len(self.pending))
+                calls: List[Call] = []
+                while self.pending and len(calls) < size and self.pending[0].job is job:
+                    call = self.pending.popleft()
+                    if call.started or call.future.set_running_or_notify_cancel():
+                        call.started = True
+                        calls.append(call)
+            if calls:
+                self._invoke(job, calls)
+
+    def _upload_function(self, job: Job) -> None:
+        try:
+            blob = protocol.dumps(job.fn)
+        except BaseException as exc:  # noqa: BLE001 - reported on every call of the job
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"cloudpool: the function {job.fn!r} could not be pickled to send it to workers")
+            job.error = exc
+            return
+        finally:
+            job.fn = None
+        self.storage.put(self.keys.function(job.id), blob)
+        job.uploaded = True
+
+    def _pickle_calls(self, calls: List[Call]) -> List[Call]:
+        """Fill ``call.pickled``; fail (and drop) calls whose arguments cannot be pickled."""
+        fresh = [c for c in calls if c.pickled is None]
+        if fresh:
+            try:
+                blob, offsets = protocol.dumps_each([c.payload for c in fresh])
+                view = memoryview(blob)
+                for i, c in enumerate(fresh):
+                    c.pickled = view[offsets[i]:offsets[i + 1]]
+            except BaseException:  # noqa: BLE001 - find the culprit(s) one by one
+                for c in fresh:
+                    try:
+                        c.pickled = protocol.dumps(c.payload)
+                    except BaseException as exc:  # noqa: BLE001 - that call's error
+                        if hasattr(exc, "add_note"):
+                            exc.add_note("cloudpool: the call's arguments could not be pickled")
+                        _settle(c.future, exc=exc)
+                        c.pickled = None
+            for c in fresh:
+                c.payload = None  # the pickled form is all we keep
+        return [c for c in calls if c.pickled is not None]
+
+    def _invoke(self, job: Job, calls: List[Call]) -> None:
+        if not job.uploaded and job.error is None:
+            self._upload_function(job)
+        if job.error is not None:
+            for c in calls:
+                _settle(c.future, exc=job.error)
+            return
+        calls = self._pickle_calls(calls)
+        if not calls:
+            return
+        offsets = [0]
+        for c in calls:
+            offsets.append(offsets[-1] + len(c.pickled))
+        blob = b"".join(c.pickled for c in calls)
+        number = job.next_batch
+        job.next_batch += 1
+        batch = Batch(job, number, calls, blob, offsets)
+        event = dict(self.event_base)
+        event.update(job=job.id, batch=number, offsets=offsets, init=self.has_initializer)
+        if len(blob) <= self.config["inline_limit"]:
+            event["args"] = blob
+        else:
+            key = self.keys.args(job.id, number)
+            self.storage.put(key, blob)
+            event["args_key"] = key
+        self.in_flight[batch.inv] = batch
+        job.outstanding[number] = batch
+        now = time.time()
+        for c in calls:
+            if isinstance(c.future, _timed_future_types):
+                c.future._times["invoked"] = now
+        try:
+            self.backend.invoke(batch.inv, event)
+        except Exception as exc:  # noqa: BLE001 - the batch never started: its calls fail
+            self._retire(batch)
+            for c in calls:
+                _settle(c.future, exc=exc)
+
+    def _retire(self, batch: Batch) -> None:
+        self.in_flight.pop(batch.inv, None)
+        batch.job.outstanding.pop(batch.number, None)
+        batch.blob = b""
+
+    # ------------------------------------------------------------------ results
+    def _on_status(self, status: Dict[str, Any], inline_fetch: bool) -> None:
+        inv = f"{status['job']}:{status['batch']}"
+        batch = self.in_flight.get(inv)
+        key = status["key"]
+        if batch is None or key in batch.seen:
+            return
+        batch.seen.add(key)
+        batch.progress_at = time.monotonic()
+        self._poll_interval = self.config["poll_interval"]
+        if status.get("result_key") is None:
+            self._apply(batch, status, b"")
+        elif inline_fetch or self._fetch_pool is None:
+            self._apply(batch, status, self._fetch_result(status))
+        else:
+            self._fetching += 1
+            self._fetch_pool.submit(self._fetch_async, inv, status)
+
+    def _fetch_result(self, status: Dict[str, Any]) -> Any:
+        try:
+            return self.storage.get(status["result_key"])
+        except OSError as exc:
+            return exc
+
+    def _fetch_async(self, inv: str, status: Dict[str, Any]) -> None:
+        self.inbox.put(("fetched", inv, status, self._fetch_result(status)))
+
+    def _apply(self, batch: Batch, status: Dict[str, Any], blob: Any) -> None:
+        fatal = status.get("fatal")
+        if fatal:
+            self._on_fatal(batch, status, blob)
+            return
+        first = status["first"]
+        offsets = status["offsets"]
+        durations = []
+        fetched = time.time()
+        for j, info in enumerate(status["calls"]):
+            index = first + j
+            if index >= len(batch.calls):
+                continue
+            call = batch.calls[index]
+            if call is None:
+                continue
+            batch.calls[index] = None
+            future = call.future
+            if isinstance(future, _timed_future_types):
+                future._times.update(started=info.get("t0"), finished=info.get("t1"), fetched=fetched,
+                                     worker=status["worker"]["id"], maxrss_kb=status["worker"].get("maxrss_kb"))
+            if "t0" in info and "t1" in info:
+                durations.append(info["t1"] - info["t0"])
+            if isinstance(blob, BaseException):
+                _settle(future, exc=blob)
+                continue
+            try:
+                value = protocol.load_at(blob, offsets, j)
+            except BaseException as exc:  # noqa: BLE001 - that call's error, not the manager's
+                if hasattr(exc, "add_note"):
+                    exc.add_note("cloudpool: the call's result could not be unpickled on the client")
+                _settle(future, exc=exc)
+                continue
+            if info.get("ok"):
+                _settle(future, result=value)
+            else:
+                exc, tb = value
+                exc.__cause__ = RemoteTraceback(tb)
+                _settle(future, exc=exc)
+            del value
+        if durations:
+            mean = sum(durations) / len(durations)
+            job = batch.job
+            job.est = mean if job.est is None else 0.5 * job.est + 0.5 * mean
+        if status.get("last"):
+            batch.last_seen = True
+        if batch.last_seen:
+            if batch.unresolved():
+                # A segment is missing from what we have seen: look in storage once.
+                self._read_batch_statuses(batch)
+            if batch.unresolved():
+                missing = ", ".join(map(str, batch.unresolved()))
+                self._fail_calls(batch, batch.unresolved(), BrokenCloudPool(
+                    f"the worker finished batch {batch.inv} but wrote no result for call(s) {missing}"))
+            self._retire(batch)
+
+    def _on_fatal(self, batch: Batch, status: Dict[str, Any], blob: Any) -> None:
+        fatal = status["fatal"]
+        kind = fatal.get("kind")
+        if kind == "version":
+            self._break(VersionMismatchError(fatal["message"]))
+        elif kind == "init":
+            tb = fatal.get("traceback", "")
+            STDLIB_LOGGER.critical("Exception in initializer:\n%s", tb)
+            err = InitializerError(
+                f"{fatal['message']}; the executor is not usable anymore (the initializer runs "
+                f"on every worker before its first call)")
+            err.__cause__ = RemoteTraceback(tb)
+            self._break(err)
+        else:
+            exc: BaseException
+            try:
+                exc, tb = protocol.load_at(blob, status["offsets"], 0)
+                exc.__cause__ = RemoteTraceback(tb)
+            except BaseException:  # noqa: BLE001 - the error itself did not survive the trip
+                exc = BrokenCloudPool(fatal.get("message", "the worker failed"))
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"cloudpool: {fatal.get('message')}")
+            self._fail_calls(batch, batch.unresolved(), exc)
+            self._retire(batch)
+
+    def _fail_calls(self, batch: Batch, indices: List[int], exc: BaseException) -> None:
+        for i in indices:
+            call = batch.calls[i]
+            if call is not None:
+                batch.calls[i] = None
+                _settle(call.future, exc=exc)
+
+    def _read_batch_statuses(self, batch: Batch) -> None:
+        """Read every status of one batch straight from storage (the source of truth)."""
+        prefix = self.keys.batch_status_prefix(batch.job.id, batch.number)
+        try:
+            infos = list(self.storage.list(prefix))
+        except OSError as exc:
+            LOGGER.warning("cloudpool: could not list %s: %s", prefix, exc)
+            return
+        for info in infos:
+            if info.key in batch.seen:
+                continue
+            status = self._read_status(info.key)
+            if status is not None:
+                self._on_status(status, inline_fetch=True)
+
+    def _read_status(self, key: str) -> Optional[Dict[str, Any]]:
+        try:
+            status = self.storage.get_json(key)
+        except (OSError, ValueError) as exc:
+            LOGGER.warning("cloudpool: could not read status %s: %s", key, exc)
+            return None
+        status["key"] = key
+        return status
+
+    # ------------------------------------------------------------------ losses
+    def _on_lost(self, notice: InvocationLost) -> None:
+        batch = self.in_flight.get(notice.inv)
+        if batch is None:
+            return
+        self._read_batch_statuses(batch)  # keep every result the worker did store
+        if notice.inv not in self.in_flight:
+            return
+        unresolved = batch.unresolved()
+        culprit = notice.running_call
+        if culprit is not None and culprit in unresolved:
+            if notice.timed_out:
+                err: BaseException = CallTimeoutError(
+                    f"the call did not finish within its timeout of {self.config['timeout']} s "
+                    f"(setting 'timeout'): {notice.reason}")
+            else:
+                err = WorkerLostError(f"{notice.reason} while running this call")
+            self._fail_calls(batch, [culprit], err)
+            # The others never ran or ran without their results being stored: run them again.
+            requeue = [batch.calls[i] for i in unresolved if i != culprit]
+            self._retire(batch)
+            with self.pending_lock:
+                self.pending.extendleft(reversed([c for c in requeue if c is not None]))
+        else:
+            err = CallTimeoutError(notice.reason) if notice.timed_out else WorkerLostError(notice.reason)
+            if notice.error is not None:
+                err.__cause__ = notice.error
+            self._fail_calls(batch, unresolved, err)
+            self._retire(batch)
+
+    def _check_deadlines(self) -> None:
+        timeout = self.config["timeout"]
+        if timeout is None or not self.in_flight:
+            return
+        limit = timeout + TIMEOUT_GRACE + self.config["flush_interval"]
+        now = time.monotonic()
+        for batch in list(self.in_flight.values()):
+            if now - batch.progress_at > limit:
+                batch.progress_at = now  # do not cancel twice while the kill lands
+                reason = f"no progress for {limit:g} s"
+                if not (self.caps.can_cancel and self.backend.cancel(batch.inv, "timeout")):
+                    self._on_lost(InvocationLost(batch.inv, reason, None, timed_out=True))
+
+    # ------------------------------------------------------------------ polling
+    def _seconds_to_next_poll(self) -> float:
+        return max(0.0, self._next_poll - time.monotonic())
+
+    def _poll_if_due(self) -> None:
+        if not self.in_flight:
+            return
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        found = self._poll()
+        if self.caps.notifies:
+            # Notices carry the news; a LIST now and then only guards against a lost one.
+            interval = max(1.0, self.config["poll_interval_max"])
+        elif found:
+            interval = self.config["poll_interval"]
+        else:
+            interval = min(self._poll_interval * 1.5, self.config["poll_interval_max"])
+        self._poll_interval = interval
+        self._next_poll = time.monotonic() + interval
+
+    def _poll(self) -> int:
+        found = 0
+        jobs = {b.job for b in self.in_flight.values()}
+        for job in jobs:
+            if not job.outstanding:
+                continue
+            oldest = min(job.outstanding)
+            start_after = self.keys.batch_status_prefix(job.id, oldest)[:-1]
+            try:
+                infos = list(self.storage.list(self.keys.status_prefix(job.id), start_after))
+            except OSError as exc:
+                LOGGER.warning("cloudpool: status poll failed (will retry): %s", exc)
+                continue
+            for info in infos:
+                batch_no, _seg = protocol.parse_status_key(info.key)
+                batch = job.outstanding.get(batch_no)
+                if batch is None or info.key in batch.seen:
+                    continue
+                status = self._read_status(info.key)
+                if status is not None:
+                    found += 1
+                    self._on_status(status, inline_fetch=False)
+        return found
+
+    # ------------------------------------------------------------------ breaking / closing
+    def _break(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = exc
+        for batch in list(self.in_flight.values()):
+            self._fail_calls(batch, batch.unresolved(), exc)
+            self._retire(batch)
+        with self.pending_lock:
+            while self.pending:
+                call = self.pending.popleft()
+                _settle(call.future, exc=exc, start=not call.started)
+
+    def _close(self) -> None:
+        try:
+            self.backend.shutdown(wait=True)
+        except Exception:  # noqa: BLE001 - shutting down must finish; say what went wrong
+            LOGGER.exception("cloudpool: the backend did not shut down cleanly")
+        if self._fetch_pool is not None:
+            self._fetch_pool.shutdown(wait=True)
+        if not self.config["keep_data"]:
+            try:
+                self.storage.delete_prefix(self.keys.executor_prefix)
+            except OSError as exc:
+                LOGGER.warning("cloudpool: could not delete job data under %s: %s "
+                               "(run 'cloudpool clean')", self.storage.url(self.keys.executor_prefix), exc)
+
+
+def _settle(future: concurrent.futures.Future, *, result: Any = None, exc: Optional[BaseException] = None,
+            start: bool = False) -> None:
+    """Complete a future once; later attempts (a duplicate result) are ignored."""
+    if start and not future.set_running_or_notify_cancel():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        return
+
+
+# Filled in by executor.py (CloudFuture); a tuple so isinstance() stays cheap.
+_timed_future_types: tuple = ()

@@ -1,0 +1,307 @@
+"""The ``local`` backend: long-lived worker processes on this machine.
+
+Each worker process loops on its own pipe: receive an invocation event, run
+``cloudpool.worker.handle`` on it -- the same entry point and the same storage
+protocol the cloud runtimes use -- and send back a notice per stored segment. The
+notices only save the manager a poll; the status objects in storage stay the truth.
+
+One reader thread waits on every worker's pipe and process sentinel at once. When a
+worker dies, the reader knows which invocation it held and -- from a shared-memory
+slot the worker updates before each call -- which call was running, so exactly that
+call fails and the rest of its batch can run again elsewhere.
+
+Workers are started on demand (a cold start forks one process, not ``max_workers``)
+with the ``fork`` start method on Linux, like the 3.11 stdlib, or any start method
+given as ``start_method``/``mp_context``.
+"""
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from .. import worker as worker_module
+from ..storage import clear_cache as clear_storage_cache
+from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
+
+_SIGNAL_NAMES = {-int(s): s.name for s in signal.Signals}
+
+
+class _PipeHooks(worker_module.WorkerHooks):
+    def __init__(self, conn, slot) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.inv: Optional[str] = None
+
+    def call_started(self, index: int) -> None:
+        # Shared memory, not a message: free on the hot path, readable after a crash.
+        self.slot[0] = index
+
+    def segment_written(self, status: Dict[str, Any]) -> None:
+        self.conn.send(("segment", self.inv, status))
+
+
+def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int]) -> None:
+    """Body of one worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
+    sys.path[:] = sys_path
+    clear_storage_cache()  # SDK clients inherited through fork are not safe to reuse
+    hooks = _PipeHooks(conn, slot)
+    calls_run = 0
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        inv, event = message
+        hooks.inv = inv
+        slot[0] = -1
+        try:
+            summary = worker_module.handle(event, hooks)
+        except BaseException as exc:  # noqa: BLE001 - e.g. storage unreachable: report, keep serving
+            conn.send(("failed", inv, "".join(traceback.format_exception(exc))))
+        else:
+            calls_run += summary.get("calls", 0)
+        del event
+        conn.send(("done", inv))
+        if max_tasks is not None and calls_run >= max_tasks:
+            return  # the backend starts a fresh process when it needs one
+
+
+class _Worker:
+    __slots__ = ("process", "conn", "slot", "inv", "kill_reason")
+
+    def __init__(self, process, conn, slot) -> None:
+        self.process = process
+        self.conn = conn
+        self.slot = slot
+        self.inv: Optional[str] = None
+        self.kill_reason: Optional[str] = None
+
+
+class LocalBackend(ComputeBackend):
+    name = "local"
+    option_names = frozenset({"start_method", "mp_context", "max_tasks_per_child"})
+
+    def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
+                 storage_url: str, storage_options: Dict[str, Any]) -> None:
+        super().__init__(options, max_workers=max_workers, storage_url=storage_url,
+                         storage_options=storage_options)
+        self.max_workers = max_workers or os.cpu_count() or 1
+        context = self.options.get("mp_context")
+        start_method = self.options.get("start_method")
+        if context is not None and start_method is not None:
+            raise ValueError("give the local backend either mp_context or start_method, not both")
+        if context is None:
+            if start_method is None:
+                start_method = "fork" if sys.platform == "linux" else "spawn"
+            try:
+                context = multiprocessing.get_context(start_method)
+            except ValueError:
+                raise ValueError(
+                    f"start_method {start_method!r} is not available here; use one of "
+                    f"{multiprocessing.get_all_start_methods()}"
+                ) from None
+        self._context = context
+        max_tasks = self.options.get("max_tasks_per_child")
+        if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1):
+            raise ValueError(f"max_tasks_per_child must be an integer >= 1 or None, not {max_tasks!r}")
+        self._max_tasks: Optional[int] = max_tasks
+        self._lock = threading.Lock()
+        self._workers: List[_Worker] = []
+        self._queue: Deque[Tuple[str, Dict[str, Any]]] = collections.deque()
+        self._where: Dict[str, _Worker] = {}
+        self._reader: Optional[threading.Thread] = None
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._closing = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            max_concurrency=self.max_workers,
+            # One invocation queued ahead in total keeps workers busy between batches
+            # while leaving everything else cancellable, as ProcessPoolExecutor does.
+            max_in_flight=self.max_workers + 1,
+            can_cancel=True,
+            notifies=True,
+            batch_target_seconds=0.02,
+            max_batch_calls=self._max_tasks,
+        )
+
+    def describe(self) -> Dict[str, Any]:
+        return {"backend": self.name, "host": os.uname().nodename, "workers": self.max_workers,
+                "start_method": self._context.get_start_method()}
+
+    # ------------------------------------------------------------------ manager side
+    def start(self, notify) -> None:
+        super().start(notify)
+        self._reader = threading.Thread(target=self._read_loop, name="cloudpool-local-reader", daemon=True)
+        self._reader.start()
+
+    def invoke(self, inv: str, event: Dict[str, Any]) -> None:
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the local backend is shut down")
+            self._queue.append((inv, event))
+            self._dispatch_locked()
+
+    def cancel(self, inv: str, reason: str) -> bool:
+        with self._lock:
+            for i, (queued_inv, _event) in enumerate(self._queue):
+                if queued_inv == inv:
+                    del self._queue[i]
+                    self._notify(InvocationLost(inv, reason, None, timed_out=(reason == "timeout")))
+                    return True
+            worker = self._where.get(inv)
+            if worker is None:
+                return False
+            worker.kill_reason = reason
+        worker.process.kill()
+        return True
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            if self._closing:
+                return  # already shut down (shutdown() may be called again, as in the stdlib)
+            self._closing = True
+            workers = list(self._workers)
+            self._queue.clear()
+        for w in workers:
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                continue
+        for w in workers:
+            w.process.join(timeout=2 if wait else 0.1)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=5)
+        self._wake_w.send_bytes(b"x")
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+        for w in workers:
+            w.conn.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------------ workers
+    def _spawn_locked(self) -> _Worker:
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        slot = self._context.RawArray("q", 1)
+        process = self._context.Process(
+            target=_worker_main, args=(child_conn, slot, list(sys.path), self._max_tasks),
+            name="cloudpool-local-worker", daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        worker = _Worker(process, parent_conn, slot)
+        self._workers.append(worker)
+        self._wake_w.send_bytes(b"w")  # the reader must start watching it
+        return worker
+
+    def _dispatch_locked(self) -> None:
+        while self._queue:
+            idle = next((w for w in self._workers if w.inv is None and w.kill_reason is None), None)
+            if idle is None:
+                if len(self._workers) >= self.max_workers:
+                    return
+                idle = self._spawn_locked()
+            inv, event = self._queue.popleft()
+            idle.inv = inv
+            self._where[inv] = idle
+            try:
+                idle.conn.send((inv, event))
+            except (OSError, ValueError):
+                # Died before we could hand it over; its sentinel will fire. Re-queue.
+                idle.inv = None
+                del self._where[inv]
+                idle.kill_reason = "dead"
+                self._queue.appendleft((inv, event))
+
+    # ------------------------------------------------------------------ reader thread
+    def _read_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closing and not self._workers:
+                    return
+                by_conn = {w.conn: w for w in self._workers}
+                by_sentinel = {w.process.sentinel: w for w in self._workers}
+            try:
+                ready = multiprocessing.connection.wait(
+                    [self._wake_r, *by_conn, *by_sentinel], timeout=None)
+            except OSError:
+                return  # closed during shutdown
+            for obj in ready:
+                if obj is self._wake_r:
+                    try:
+                        while self._wake_r.poll():
+                            self._wake_r.recv_bytes()
+                    except (EOFError, OSError):
+                        return
+                    if self._closing:
+                        return
+                elif obj in by_conn:
+                    self._drain(by_conn[obj])
+            for obj in ready:
+                if obj in by_sentinel:
+                    self._bury(by_sentinel[obj])
+
+    def _drain(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                self._on_message(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            return  # the sentinel reports the death
+
+    def _on_message(self, worker: _Worker, message) -> None:
+        kind = message[0]
+        if kind == "segment":
+            self._notify(SegmentDone(message[2]))
+        elif kind == "failed":
+            self._notify(InvocationLost(message[1], "the worker could not run the invocation:\n" + message[2]))
+        elif kind == "done":
+            with self._lock:
+                self._where.pop(message[1], None)
+                worker.inv = None
+                self._dispatch_locked()
+
+    def _bury(self, worker: _Worker) -> None:
+        self._drain(worker)  # segments written just before dying still count
+        worker.process.join(timeout=5)
+        code = worker.process.exitcode
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            inv = worker.inv
+            if inv is not None:
+                self._where.pop(inv, None)
+            reason = worker.kill_reason
+            if not self._closing:
+                self._dispatch_locked()
+        worker.conn.close()
+        if inv is None:
+            return  # died idle (or retired after max_tasks_per_child): nothing lost
+        running = worker.slot[0]
+        if reason == "timeout":
+            why = "was killed after exceeding its timeout"
+        elif reason is not None and reason != "dead":
+            why = f"was stopped ({reason})"
+        elif code is not None and code < 0:
+            name = _SIGNAL_NAMES.get(code, str(-code))
+            hint = " (the kernel's out-of-memory killer sends this)" if name == "SIGKILL" else ""
+            why = f"was killed by {name}{hint}"
+        else:
+            why = f"exited with code {code}"
+        self._notify(InvocationLost(
+            inv, f"worker process {worker.process.pid} {why}",
+            running_call=running if running >= 0 else None,
+            timed_out=(reason == "timeout"),
+        ))

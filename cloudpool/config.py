@@ -1,0 +1,241 @@
+"""Configuration: where every setting comes from, validated in one place.
+
+Precedence, highest first: keyword arguments (and the ``config=`` mapping) >
+``CLOUDPOOL_*`` environment variables > the YAML file (``$CLOUDPOOL_CONFIG`` or
+``~/.cloudpool/config.yaml``) > defaults. With no configuration at all, work runs on
+local processes with a local-disk "bucket".
+
+The file and the ``config=`` mapping share one shape: global keys at the top level,
+and one section per backend or storage scheme for its own options::
+
+    backend: aws_lambda
+    storage: s3://my-bucket/cloudpool
+    timeout: 300
+    aws_lambda: {memory: 2048}
+    s3: {region: eu-west-1}
+
+Environment variables: ``CLOUDPOOL_TIMEOUT=300`` for a global key and
+``CLOUDPOOL_S3__REGION=eu-west-1`` (double underscore) for a section key. Unknown keys,
+unknown sections and values of the wrong type raise ``ConfigError`` (a ``ValueError``)
+naming the key, where it came from, and the closest valid name.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_PREFIX = "CLOUDPOOL_"
+#: Environment variables with the prefix that are not settings.
+_ENV_NOT_SETTINGS = {"CLOUDPOOL_CONFIG"}
+
+
+def _default_storage() -> str:
+    user = os.environ.get("USER") or str(os.getuid())
+    return "file://" + os.path.join(tempfile.gettempdir(), f"cloudpool-{user}")
+
+
+def _opt_positive_float(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds or null, not {value!r}")
+    return float(value)
+
+
+def _positive_float(name: str, value: Any) -> float:
+    if value is None:
+        raise ConfigError(f"{name} must be a positive number, not null")
+    return _opt_positive_float(name, value)  # type: ignore[return-value]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, not {value!r}")
+    return value
+
+
+def _opt_positive_int(name: str, value: Any) -> Optional[int]:
+    return None if value is None else _positive_int(name, value)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, not {value!r}")
+    return value
+
+
+def _opt_str(name: str, value: Any) -> Optional[str]:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    return value
+
+
+def _progress(name: str, value: Any) -> Any:
+    if value not in (True, False, "auto"):
+        raise ConfigError(f"{name} must be true, false or 'auto', not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+
+
+#: Every global setting, its default, its check and what it does.
+SETTINGS: Dict[str, Setting] = {
+    "backend": Setting("local", _opt_str, "compute backend name (local, aws_lambda, kubernetes, knative, ...)"),
+    "storage": Setting(None, _opt_str, "storage URL for payloads, results and status (default: a local temp dir)"),
+    "runtime": Setting(None, _opt_str, "runtime (container image / deployed function) the backend runs"),
+    "max_workers": Setting(None, _opt_positive_int, "concurrency; default: the backend's (CPU count locally)"),
+    "timeout": Setting(None, _opt_positive_float, "per-call time limit in seconds, enforced on the worker and checked by the client"),
+    "max_batch_size": Setting(1000, _positive_int, "most calls grouped into one invocation"),
+    "inline_limit": Setting(64 * 1024, _non_negative_int, "argument batches up to this many bytes travel inside the invocation event"),
+    "poll_interval": Setting(0.05, _positive_float, "shortest interval between status polls (seconds)"),
+    "poll_interval_max": Setting(2.0, _positive_float, "longest interval between status polls when nothing changes"),
+    "flush_interval": Setting(0.25, _positive_float, "a worker writes finished calls' results at least this often (seconds)"),
+    "keep_data": Setting(False, _bool, "keep job payloads/results in storage after the executor shuts down"),
+    "progress": Setting("auto", _progress, "tqdm progress bars: true, false, or 'auto' (only on a terminal)"),
+}
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Env values are YAML scalars: ``10`` -> 10, ``true`` -> True, ``null`` -> None."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _closest(name: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def config_file_path() -> str:
+    return os.environ.get("CLOUDPOOL_CONFIG") or os.path.join(os.path.expanduser("~"), ".cloudpool", "config.yaml")
+
+
+def _load_file(path: str, explicit: bool) -> Dict[str, Any]:
+    if not os.path.exists(path):
+        if explicit:
+            raise ConfigError(f"CLOUDPOOL_CONFIG names {path!r}, which does not exist")
+        return {}
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+class Config:
+    """The effective configuration, with the source of every value (for ``cloudpool config``)."""
+
+    def __init__(self, values: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
+                 sources: Dict[str, str]) -> None:
+        self._values = values
+        self._sections = sections
+        self.sources = sources
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def section(self, name: str) -> Dict[str, Any]:
+        """Options for one backend or storage scheme (a copy)."""
+        return dict(self._sections.get(name, {}))
+
+    def sections(self) -> Dict[str, Dict[str, Any]]:
+        return {k: dict(v) for k, v in self._sections.items()}
+
+    def as_dict(self) -> Dict[str, Any]:
+        out = dict(self._values)
+        out.update(self.sections())
+        return out
+
+
+def known_sections() -> set:
+    from .compute import backends
+    from .storage import storages
+
+    return set(backends.names()) | set(storages.names())
+
+
+def load_config(overrides: Optional[Mapping[str, Any]] = None,
+                environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Merge defaults, the YAML file, ``CLOUDPOOL_*`` variables and ``overrides`` (highest)."""
+    environ = os.environ if environ is None else environ
+    layers: list[Tuple[str, Dict[str, Any]]] = []
+
+    path = environ.get("CLOUDPOOL_CONFIG") or config_file_path()
+    layers.append((f"file {path}", _load_file(path, explicit="CLOUDPOOL_CONFIG" in environ)))
+
+    env_layer: Dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        if "__" in rest:
+            section, _, key = rest.partition("__")
+            env_layer.setdefault(section, {})[key] = _parse_env_value(raw)
+        else:
+            env_layer[rest] = _parse_env_value(raw)
+    layers.append(("environment (CLOUDPOOL_*)", env_layer))
+
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"config must be a mapping of settings, not {type(overrides).__name__}")
+        layers.append(("keyword arguments", dict(overrides)))
+
+    values = {k: s.default for k, s in SETTINGS.items()}
+    sources = {k: "default" for k in SETTINGS}
+    sections: Dict[str, Dict[str, Any]] = {}
+    section_names: Optional[set] = None
+    for origin, layer in layers:
+        for key, value in layer.items():
+            if key in SETTINGS:
+                values[key] = SETTINGS[key].check(key, value)
+                sources[key] = origin
+                continue
+            if section_names is None:
+                section_names = known_sections()
+            if key in section_names:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"section {key!r} in {origin} must be a mapping of options, not {value!r}")
+                for opt, opt_value in value.items():
+                    sections.setdefault(key, {})[opt] = opt_value
+                    sources[f"{key}.{opt}"] = origin
+                continue
+            label = f"{ENV_PREFIX}{key.upper()}" if origin.startswith("environment") else key
+            raise ConfigError(
+                f"unknown setting {label!r} in {origin}{_closest(key, list(SETTINGS) + sorted(section_names or ()))}; "
+                f"settings are {', '.join(SETTINGS)}, and sections are backend or storage names"
+            )
+    if values["storage"] is None:
+        values["storage"] = _default_storage()
+    if values["poll_interval_max"] < values["poll_interval"]:
+        raise ConfigError(
+            f"poll_interval_max ({values['poll_interval_max']}) must be >= poll_interval ({values['poll_interval']})"
+        )
+    return Config(values, sections, sources)

@@ -1,0 +1,336 @@
+"""``CloudPoolExecutor``: a ``concurrent.futures.Executor`` whose calls run on a cloudpool backend.
+
+This module holds the stdlib semantics (argument checks, ``submit``/``map``/``shutdown``,
+the result iterator, interpreter-exit handling) and nothing cloud-specific: it resolves
+the configuration, builds the storage and the backend from their registries, and hands
+calls to the executor's manager thread (``_manager``), which does everything else.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import secrets
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+from . import _manager, protocol
+from .compute import backends
+from .compute import local as _local_backend  # noqa: F401 - the default; importing it here keeps cold starts short
+from .config import Config, load_config
+from .errors import BrokenCloudPool
+from .storage import get_storage, split_url
+
+__all__ = ["CloudPoolExecutor", "CloudFuture"]
+
+_global_shutdown = False
+_live_managers: "weakref.WeakSet[_manager.Manager]" = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    """At interpreter exit, let running managers finish their work (as the stdlib does)."""
+    global _global_shutdown
+    _global_shutdown = True
+    managers = list(_live_managers)
+    for m in managers:
+        m.shutting_down = True
+        m.wake()
+    for m in managers:
+        m.join()
+
+
+threading._register_atexit(_python_exit)
+
+
+class CloudFuture(Future):
+    """A ``concurrent.futures.Future`` that also records when its call moved along.
+
+    ``times`` holds ``submitted``, ``invoked``, ``started``, ``finished`` and ``fetched``
+    (epoch seconds; ``started``/``finished`` are the worker's clock) and the worker id.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._times: Dict[str, Any] = {"submitted": time.time()}
+        self._manager_ref: Optional[Callable[[], Optional[_manager.Manager]]] = None
+
+    @property
+    def times(self) -> Dict[str, Any]:
+        return dict(self._times)
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled and self._manager_ref is not None:
+            manager = self._manager_ref()
+            if manager is not None:
+                manager.wake()  # so waiters learn of it now, not at dispatch time
+        return cancelled
+
+
+_manager._timed_future_types = (CloudFuture,)
+
+
+class _ChunkRunner:
+    """Runs ``fn`` over a chunk of argument tuples (``map`` with ``chunksize > 1``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, chunk: List[tuple]) -> List[Any]:
+        return [self.fn(*args) for args in chunk]
+
+    def __reduce__(self):
+        return (_ChunkRunner, (self.fn,))
+
+
+def _chunks(iterator: Iterator[tuple], size: int) -> Iterator[List[tuple]]:
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+class CloudPoolExecutor(Executor):
+    """Run calls on a cloudpool backend with ``ProcessPoolExecutor`` semantics.
+
+    With no arguments and no configuration, calls run on local worker processes and
+    their data lives in a local temporary directory. ``backend``, ``storage``,
+    ``runtime`` and ``max_workers`` override the configuration (see ``cloudpool.config``);
+    ``config`` is a mapping in the config-file shape; further keyword arguments are
+    options of the chosen backend (``mp_context`` and ``max_tasks_per_child`` are the
+    local backend's, for ``ProcessPoolExecutor`` compatibility).
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, *, backend: Optional[str] = None,
+                 storage: Optional[str] = None, runtime: Optional[str] = None,
+                 initializer: Optional[Callable[..., Any]] = None, initargs: Tuple[Any, ...] = (),
+                 config: Optional[Mapping[str, Any]] = None, **backend_options: Any) -> None:
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(f"max_workers must be an int or None, not {type(max_workers).__name__}")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+
+        overrides: Dict[str, Any] = dict(config or {})
+        for key, value in (("backend", backend), ("storage", storage), ("runtime", runtime),
+                           ("max_workers", max_workers)):
+            if value is not None:
+                overrides[key] = value
+        self._config: Config = load_config(overrides)
+        backend_name = self._config["backend"]
+        backend_cls = backends.get(backend_name)
+
+        storage_url = self._config["storage"]
+        scheme, bucket, root = split_url(storage_url)
+        storage_options = self._config.section(scheme)
+        self._storage = get_storage(scheme, bucket, storage_options)
+        if not self._storage.writable:
+            raise ValueError(f"storage {storage_url!r} is read-only; the executor needs a writable store "
+                             f"for payloads and results (s3://, gs://, az://, cos:// or a local path)")
+        self._storage.check()
+
+        options = self._config.section(backend_name)
+        options.update(backend_options)
+        self._backend = backend_cls(options, max_workers=self._config["max_workers"],
+                                    storage_url=storage_url, storage_options=storage_options)
+        caps = self._backend.capabilities
+        self._max_workers = caps.max_concurrency
+
+        self._executor_id = "cp-" + secrets.token_hex(8)
+        self._keys = protocol.Keys(root, self._executor_id)
+        self._event_base = {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "versions": protocol.versions(),
+            "storage": {"url": storage_url, "options": self._storage.public_options()},
+            "keys": {"root": self._keys.root, "executor": self._executor_id},
+            "timeout": self._config["timeout"],
+            "flush_interval": self._config["flush_interval"],
+        }
+        self._initializer = initializer
+        self._initargs = initargs
+        self._manager: Optional[_manager.Manager] = None
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self._job_seq = itertools.count()
+        # id(fn) -> (weak or strong reference to fn, Job): one upload per function.
+        self._jobs_by_fn: Dict[int, Tuple[Callable[[], Any], _manager.Job]] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def _broken(self) -> Any:
+        """Truthy once the executor is unusable (mirrors the stdlib attribute)."""
+        m = self._manager
+        return False if m is None or m.broken is None else str(m.broken)
+
+    @property
+    def executor_id(self) -> str:
+        return self._executor_id
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def storage_url(self) -> str:
+        return self._storage.url(self._keys.executor_prefix)
+
+    # ------------------------------------------------------------------ internals
+    def _ensure_manager(self) -> _manager.Manager:
+        if self._manager is None:
+            has_initializer = self._initializer is not None
+            if has_initializer:
+                # Pickled now, in the caller's thread, so a bad initializer fails submit() loudly.
+                self._storage.put(self._keys.init, protocol.dumps((self._initializer, self._initargs)))
+                self._initializer = self._initargs = None
+            m = _manager.Manager(backend=self._backend, storage=self._storage, keys=self._keys,
+                                 event_base=self._event_base, config=self._config,
+                                 has_initializer=has_initializer)
+            m.start()
+            _live_managers.add(m)
+            self._manager = m
+            # If the executor is dropped without shutdown, let the manager finish and exit.
+            weakref.finalize(self, _request_shutdown, m)
+        return self._manager
+
+    def _check_usable(self) -> None:
+        m = self._manager
+        if m is not None and m.broken is not None:
+            raise type(m.broken)(str(m.broken)) if isinstance(m.broken, BrokenCloudPool) else BrokenCloudPool(str(m.broken))
+        if self._shutdown_thread:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _job_for(self, fn: Callable) -> _manager.Job:
+        entry = self._jobs_by_fn.get(id(fn))
+        if entry is not None:
+            ref, job = entry
+            if ref() is fn and job.error is None:
+                return job
+        job = _manager.Job(f"j{next(self._job_seq):05d}", fn)
+        try:
+            ref: Callable[[], Any] = weakref.ref(fn)
+        except TypeError:
+            ref = (lambda f: (lambda: f))(fn)  # builtins cannot be weakly referenced; they live forever anyway
+        if len(self._jobs_by_fn) > 256:
+            self._jobs_by_fn.clear()
+        self._jobs_by_fn[id(fn)] = (ref, job)
+        return job
+
+    def _new_futures(self, job: _manager.Job, payloads: Iterable[Any]) -> List[CloudFuture]:
+        m = self._manager
+        ref = weakref.ref(m)
+        futures: List[CloudFuture] = []
+        calls: List[_manager.Call] = []
+        for payload in payloads:
+            f = CloudFuture()
+            f._manager_ref = ref
+            futures.append(f)
+            calls.append(_manager.Call(f, job, payload))
+        m.add(calls)
+        return futures
+
+    # ------------------------------------------------------------------ Executor API
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> CloudFuture:
+        if not callable(fn):
+            raise TypeError(f"the first argument to submit() must be callable, not {type(fn).__name__}")
+        with self._shutdown_lock:
+            self._check_usable()
+            self._ensure_manager()
+            job = self._job_for(fn)
+            return self._new_futures(job, [(args, kwargs)])[0]
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like ``ProcessPoolExecutor.map``: every call is submitted now, results come in order.
+
+        An ``objects(...)`` iterable is partitioned for this executor's parallelism.
+        """
+        if not callable(fn):
+            raise TypeError(f"the first argument to map() must be callable, not {type(fn).__name__}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int, not {type(chunksize).__name__}")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        for it in iterables:
+            try:
+                iter(it)
+            except TypeError:
+                raise TypeError(f"map() arguments must be iterable; got a {type(it).__name__}") from None
+        iterables = tuple(self._partitioned(it) for it in iterables)
+        end_time = None if timeout is None else timeout + time.monotonic()
+        arg_tuples = zip(*iterables)
+        with self._shutdown_lock:
+            self._check_usable()
+            self._ensure_manager()
+            if chunksize == 1:
+                job = self._job_for(fn)
+                futures = self._new_futures(job, (((args, {}) for args in arg_tuples)))
+            else:
+                job = _manager.Job(f"j{next(self._job_seq):05d}", _ChunkRunner(fn))
+                futures = self._new_futures(job, (((chunk,), {}) for chunk in _chunks(arg_tuples, chunksize)))
+        results = _result_iterator(futures, end_time)
+        if chunksize == 1:
+            return results
+        return itertools.chain.from_iterable(results)
+
+    def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
+        objects_module = sys.modules.get("cloudpool.objects")
+        if objects_module is not None and isinstance(iterable, objects_module.Objects):
+            return iterable.with_parallelism(self._max_workers)
+        return iterable
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            m = self._manager
+            if m is None:
+                self._backend.shutdown(wait=wait)
+                return
+            if cancel_futures:
+                m.cancel_pending()
+            m.shutting_down = True
+            m.wake()
+        if wait:
+            m.join()
+
+    # ------------------------------------------------------------------ insight
+    def __repr__(self) -> str:
+        return (f"<CloudPoolExecutor {self._executor_id} backend={self._config['backend']!r} "
+                f"storage={self._config['storage']!r} max_workers={self._max_workers}>")
+
+
+def _request_shutdown(manager: _manager.Manager) -> None:
+    manager.shutting_down = True
+    manager.wake()
+
+
+def _result_iterator(futures: List[Future], end_time: Optional[float]) -> Iterator[Any]:
+    """Yield results in order; on timeout or early exit cancel what has not run (stdlib semantics)."""
+    futures.reverse()  # pop() from the end is O(1) and drops our reference as we go
+    try:
+        while futures:
+            if end_time is None:
+                yield _result_and_forget(futures.pop())
+            else:
+                yield _result_and_forget(futures.pop(), end_time - time.monotonic())
+    finally:
+        for f in futures:
+            f.cancel()
+
+
+def _result_and_forget(future: Future, timeout: Optional[float] = None) -> Any:
+    try:
+        return future.result(timeout)
+    finally:
+        del future
