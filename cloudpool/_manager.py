@@ -29,7 +29,6 @@ import math
 import queue
 import threading
 import time
-import weakref
 from concurrent.futures._base import InvalidStateError
 from typing import Any, Deque, Dict, List, Optional
 
@@ -96,7 +95,12 @@ class _Wake:
     """Inbox message: something was submitted, cancelled or asked; look again."""
 
 
+class _Terminate:
+    """Inbox message: stop everything now (``Pool.terminate``)."""
+
+
 WAKE = _Wake()
+TERMINATE = _Terminate()
 
 
 class Manager(threading.Thread):
@@ -136,6 +140,12 @@ class Manager(threading.Thread):
     def wake(self) -> None:
         self.inbox.put(WAKE)
 
+    def terminate(self) -> None:
+        """Cancel what is queued and stop what runs; unfinished futures fail, none hangs."""
+        self.cancel_pending()
+        self.shutting_down = True
+        self.inbox.put(TERMINATE)
+
     def cancel_pending(self) -> None:
         """shutdown(cancel_futures=True): cancel everything not yet invoked."""
         with self.pending_lock:
@@ -158,9 +168,11 @@ class Manager(threading.Thread):
             while True:
                 self._wait_and_handle()
                 if self.broken is None:
-                    self._dispatch()
+                    # Dispatch last: polling and deadlines can free capacity, and the
+                    # next wait sleeps without a timeout when nothing is in flight.
                     self._poll_if_due()
                     self._check_deadlines()
+                    self._dispatch()
                 if self.shutting_down or self.broken is not None:
                     with self.pending_lock:
                         idle = not self.pending
@@ -195,6 +207,8 @@ class Manager(threading.Thread):
     def _handle(self, message: Any) -> None:
         if message is WAKE:
             self._purge_cancelled()
+        elif message is TERMINATE:
+            self._stop_in_flight()
         elif isinstance(message, SegmentDone):
             self._on_status(message.status, inline_fetch=not self.storage.remote)
         elif isinstance(message, InvocationLost):
@@ -492,6 +506,17 @@ class Manager(threading.Thread):
                 err.__cause__ = notice.error
             self._fail_calls(batch, unresolved, err)
             self._retire(batch)
+
+    def _stop_in_flight(self) -> None:
+        err = BrokenCloudPool("the pool was terminated before this call finished")
+        with self.pending_lock:
+            while self.pending:
+                _settle(self.pending.popleft().future, exc=err, start=False)
+        for batch in list(self.in_flight.values()):
+            self._retire(batch)  # retired first: the loss notice that follows is ignored
+            if self.caps.can_cancel:
+                self.backend.cancel(batch.inv, "terminated")
+            self._fail_calls(batch, batch.unresolved(), err)
 
     def _check_deadlines(self) -> None:
         timeout = self.config["timeout"]

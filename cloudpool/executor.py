@@ -7,7 +7,6 @@ calls to the executor's manager thread (``_manager``), which does everything els
 """
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import secrets
 import sys
@@ -303,6 +302,18 @@ class CloudPoolExecutor(Executor):
             m.wake()
         if wait:
             m.join()
+
+    def _terminate(self) -> None:
+        """Stop now: cancel queued calls, stop running invocations where the backend can,
+        fail every unfinished future (``Pool.terminate`` uses this), and wait for cleanup."""
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            m = self._manager
+            if m is None:
+                self._backend.shutdown(wait=False)
+                return
+            m.terminate()
+        m.join()
 
     # ------------------------------------------------------------------ insight
     def __repr__(self) -> str:

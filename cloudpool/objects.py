@@ -111,23 +111,6 @@ def parse_size(value: Union[int, float, str]) -> int:
     return size
 
 
-def _split(url: str) -> Tuple[str, str, str]:
-    """``split_url``, but ``?`` and ``#`` stay part of the key for object-store schemes.
-
-    ``urllib`` reads them as query and fragment, which would silently turn the glob
-    ``s3://b/part-?.csv`` into the prefix ``s3://b/part-``; only ``http(s)`` URLs have
-    queries. (Kept here until ``cloudpool.storage.split_url`` does the same.)
-    """
-    scheme, bucket, key = split_url(url)
-    if scheme in ("http", "https") or "://" not in url or ("?" not in url and "#" not in url):
-        return scheme, bucket, key
-    rest = url.split("://", 1)[1]
-    if scheme == "file":
-        path = rest[len("localhost"):] if rest.startswith("localhost/") else rest
-        return scheme, bucket, os.path.abspath(path or "/").lstrip("/")
-    return scheme, bucket, rest.split("/", 1)[1] if "/" in rest else ""
-
-
 def _check_newline(newline: Union[bytes, bytearray, str, None]) -> Optional[bytes]:
     if newline is None:
         return None
@@ -209,7 +192,7 @@ class ObjectPart:
                  storage_options: Optional[Mapping[str, Any]] = None) -> None:
         if not 0 <= start <= end <= size:
             raise ValueError(f"invalid range [{start}, {end}) of an object of {size} bytes")
-        scheme, bucket, key = _split(url)
+        scheme, bucket, key = split_url(url)
         self.url = url
         self.scheme = scheme
         self.bucket = bucket
@@ -505,13 +488,13 @@ class Objects:
 
     # ------------------------------------------------------------------ listing
     def _backend(self, url: str) -> Tuple[StorageBackend, str]:
-        scheme, bucket, key = _split(url)
+        scheme, bucket, key = split_url(url)
         return get_storage(scheme, bucket, self.storage_options), key
 
     def _list_url(self, url: str) -> Iterator[Tuple[StorageBackend, ObjectInfo]]:
         """The objects one URL names, in key order; ``FileNotFoundError`` if none."""
         backend, key = self._backend(url)
-        scheme = _split(url)[0]
+        scheme = split_url(url)[0]
         found = False
         globbing = scheme not in ("http", "https") and any(c in key for c in _GLOB_CHARS)
         if globbing:
@@ -626,7 +609,7 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
             url = os.fspath(url)
         if not isinstance(url, str):
             raise TypeError(f"an object URL must be a str, not {type(url).__name__}: {url!r}")
-        scheme, _bucket, _key = _split(url)  # ValueError when malformed
+        scheme, _bucket, _key = split_url(url)  # ValueError when malformed
         storages.get(scheme)  # ValueError for an unknown scheme, ImportError for a missing SDK
         urls.append(url)
     if not urls:

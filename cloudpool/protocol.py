@@ -113,8 +113,10 @@ def dumps_each(items: Sequence[Any]) -> Tuple[bytes, List[int]]:
     pickler = cloudpickle.CloudPickler(buf, protocol=PICKLE_PROTOCOL)
     offsets = [0]
     for item in items:
-        pickler.dump(item)
-        pickler.clear_memo()
+        try:
+            pickler.dump(item)
+        finally:
+            pickler.clear_memo()
         offsets.append(buf.tell())
     return buf.getvalue(), offsets
 

@@ -18,9 +18,10 @@ pickled, so workers use their platform's own credential chain.
 """
 from __future__ import annotations
 
+import io
 from typing import Any, BinaryIO, Iterable, Iterator, Optional, Union
 
-from .objects import _split
+from .storage import split_url
 from .storage import ObjectInfo, StorageBackend, get_storage, storages
 
 __all__ = ["Storage"]
@@ -32,7 +33,7 @@ class Storage:
     """Objects under one URL prefix. Keys given to and returned by methods are relative."""
 
     def __init__(self, url: str, **options: Any) -> None:
-        scheme, bucket, key = _split(url)
+        scheme, bucket, key = split_url(url)
         storages.get(scheme)  # fail now on an unknown scheme or a missing SDK
         self._scheme = scheme
         self._bucket = bucket
@@ -114,6 +115,10 @@ class Storage:
 
     def open(self, key: str, mode: str = "rb") -> BinaryIO:
         """A binary file: ``"rb"`` streams with ranged GETs, ``"wb"`` stores the object on close."""
+        if mode == "wb":
+            if not self.backend.writable:
+                raise PermissionError(f"{self.url(key)}: {self._scheme}:// storage is read-only")
+            return _Writer(self.backend, self._key(key))  # type: ignore[return-value]
         return self.backend.open(self._key(key), mode)
 
     def info(self, key: str) -> ObjectInfo:
@@ -143,3 +148,24 @@ class Storage:
         full = [self._key(k) for k in keys]
         for i in range(0, len(full), 1000):
             self.backend.delete(full[i:i + 1000])
+
+
+class _Writer(io.BytesIO):
+    """Collects writes; on close, uploads them with the backend's ``put_file``.
+
+    The upload reads a *separate* stream: SDK transfer managers (boto3's) close the file
+    object they upload, and closing this writer again from inside its own upload must
+    not start a second upload.
+    """
+
+    def __init__(self, backend: StorageBackend, key: str) -> None:
+        super().__init__()
+        self._backend = backend
+        self._key = key
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        data = self.getvalue()
+        super().close()
+        self._backend.put_file(self._key, io.BytesIO(data))

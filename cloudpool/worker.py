@@ -106,8 +106,11 @@ class _Segment:
         self.calls: List[Dict[str, Any]] = []
 
     def _dump(self, obj: Any) -> None:
-        self.pickler.dump(obj)
-        self.pickler.clear_memo()
+        try:
+            self.pickler.dump(obj)
+        finally:
+            # Also after a failed dump: its memo may name objects whose bytes we truncate.
+            self.pickler.clear_memo()
 
     def add_value(self, value: Any, info: Dict[str, Any]) -> None:
         start = self.buf.tell()
@@ -261,13 +264,13 @@ def handle(event: Dict[str, Any], hooks: Optional[WorkerHooks] = None) -> Dict[s
                     value = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - the function's own error goes back to its future
                 info["t1"] = time.time()
-                del args, kwargs
                 segment.add_error(exc, info)
             else:
                 info["t1"] = time.time()
-                del args, kwargs
                 segment.add_value(value, info)
-                del value
+                value = None
+            # Drop the arguments now: the stdlib releases them once the call is done too.
+            args = kwargs = None
         now = time.monotonic()
         if now - last_flush >= flush_interval and index + 1 < ncalls:
             status = _write_segment(storage, keys, event, segment_number, segment, last=False)

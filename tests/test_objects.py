@@ -49,15 +49,21 @@ TOKENS = [b"a", b"b", b"\n", b"\r", b"\r\n", b"\n\n", b"|", b"||", b"ab", b"aba"
 SEPARATORS = [b"\n", b"\n", b"\r\n", b"\n\n", b"||", b"aba", b"\x1e", b"ab|"]
 
 
-def contents(max_tokens: int, max_run: int) -> st.SearchStrategy[bytes]:
-    """Random objects: short tokens rich in separator bytes, random bytes, and long runs
-    without any separator (lines longer than the chunks)."""
+def contents(max_tokens: int, max_run: int, sep: bytes = b"\n") -> st.SearchStrategy[bytes]:
+    """Random objects: short tokens rich in separator bytes (the separator itself, its
+    pieces, runs of it), random bytes, and long runs without any separator (lines longer
+    than the chunks)."""
     token = st.one_of(
-        st.sampled_from(TOKENS),
+        st.sampled_from(TOKENS + [sep, sep, sep * 2, sep[:1], sep[1:] or sep]),
         st.binary(max_size=4),
         st.integers(0, max_run).map(lambda n: b"y" * n),
     )
     return st.lists(token, max_size=max_tokens).map(b"".join)
+
+
+def sep_and_contents(max_tokens: int, max_run: int) -> st.SearchStrategy[Tuple[bytes, bytes]]:
+    return st.sampled_from(SEPARATORS).flatmap(
+        lambda sep: st.tuples(st.just(sep), contents(max_tokens, max_run, sep)))
 
 
 # ---------------------------------------------------------------------------- counting backend
@@ -231,7 +237,9 @@ class PartitionContract:
 
     base: str
     options: Dict[str, Any] = {}
-    examples = 60
+    examples = 150
+    #: Whether keys ending in "/" (folder markers) can exist in this store.
+    folder_markers = False
     max_tokens = 40
     max_run = 120
     min_chunk = 1
@@ -289,10 +297,11 @@ class PartitionContract:
     def test_records_property(self) -> None:
         @settings(max_examples=self.examples, deadline=None,
                   suppress_health_check=[HealthCheck.too_slow])
-        @given(data=contents(self.max_tokens, self.max_run), sep=st.sampled_from(SEPARATORS),
+        @given(sep_data=sep_and_contents(self.max_tokens, self.max_run),
                chunk=st.integers(self.min_chunk, 40), scan=st.integers(1, 9),
                read=st.integers(1, 9))
-        def check(data: bytes, sep: bytes, chunk: int, scan: int, read: int) -> None:
+        def check(sep_data: Tuple[bytes, bytes], chunk: int, scan: int, read: int) -> None:
+            sep, data = sep_data
             url = self.put(self.fresh() + "obj.txt", data)
             with self.blocks(scan, read):
                 parts = self.parts(url, chunk_size=chunk, newline=sep)
@@ -301,7 +310,7 @@ class PartitionContract:
 
     def test_chunks_property(self) -> None:
         @settings(max_examples=max(5, self.examples // 3), deadline=None)
-        @given(data=contents(self.max_tokens, self.max_run), n=st.integers(1, 12),
+        @given(data=contents(self.max_tokens, self.max_run, b"\r\n"), n=st.integers(1, 12),
                sep=st.sampled_from([b"\n", b"\r\n"]))
         def check(data: bytes, n: int, sep: bytes) -> None:
             url = self.put(self.fresh() + "obj.txt", data)
@@ -337,8 +346,9 @@ class PartitionContract:
     def test_crlf_separator_straddling_the_boundary(self) -> None:
         data = b"ab\r\ncd\r\nef"
         url = self.put(self.fresh() + "crlf.txt", data)
-        # Boundary at 3 cuts the first "\r\n" in two; boundary at 7 cuts the second one.
-        for chunk in (3, 7):
+        # Boundary at 3 cuts the first "\r\n" in two, 7 the second one; at 4 and 8 a
+        # record starts exactly on the boundary, right after a separator.
+        for chunk in (3, 4, 7, 8):
             parts = self.parts(url, chunk_size=chunk, newline=b"\r\n")
             self.assertEqual([r for p in parts for r in p], [b"ab\r\n", b"cd\r\n", b"ef"], chunk)
         parts = self.parts(url, chunk_size=3, newline=b"\r\n")
@@ -346,6 +356,19 @@ class PartitionContract:
         # With "\n" as separator a CRLF file splits the same way.
         parts = self.parts(url, chunk_size=3)
         self.assertEqual([r for p in parts for r in p], [b"ab\r\n", b"cd\r\n", b"ef"])
+
+    def test_self_overlapping_separator(self) -> None:
+        # Every occurrence counts: "a\n\n\nb" has occurrences at 1 and 2.
+        data = b"a\n\n\nb"
+        url = self.put(self.fresh() + "para.txt", data)
+        for chunk in (1, 2, 3, 4, 5):
+            parts = self.parts(url, chunk_size=chunk, newline=b"\n\n")
+            self.assertEqual([r for p in parts for r in p], [b"a\n\n", b"\n", b"b"], chunk)
+        parts = self.parts(url, chunk_size=3, newline=b"\n\n")
+        self.assertEqual([list(p) for p in parts], [[b"a\n\n"], [b"\n", b"b"]])
+        url = self.put(self.fresh() + "aba.txt", b"xababay")
+        parts = self.parts(url, chunk_size=4, newline=b"aba")
+        self.assertEqual([r for p in parts for r in p], [b"xaba", b"ba", b"y"])
 
     def test_line_longer_than_many_chunks(self) -> None:
         data = b"short\n" + b"x" * 1000 + b"\nlast\n"
@@ -373,6 +396,9 @@ class PartitionContract:
         names = ["b.txt", "a.txt", "sub/c.txt", "sub/deep/d.txt", "e.csv", "ab.txt"]
         for n in names:
             self.put(d + n, n.encode() + b"\n")
+        if self.folder_markers:
+            self.put(d + "sub/", b"")
+            self.put(d + "sub/deep/", b"")
         keyset = lambda parts: [p.url[len(self.base) + len(d):] for p in parts]  # noqa: E731
         every = sorted(names)
         self.assertEqual(keyset(self.parts(self.base + d)), every)
@@ -465,7 +491,8 @@ class LocalPartitionTests(PartitionContract, unittest.TestCase):
 class S3PartitionTests(PartitionContract, unittest.TestCase):
     """The same contract on S3 (the moto server), with the SDK's real HTTP requests."""
 
-    examples = 15
+    examples = 25
+    folder_markers = True
     max_tokens = 20
     max_run = 60
     min_chunk = 8
@@ -541,6 +568,18 @@ class RangedReadTests(CountingStorageCase):
                 with fresh.open() as f:
                     self.assertEqual(len(f.read(10)), 10)
             self.assertLessEqual(self.backend.fetched(), 16 * KiB)
+
+    def test_crlf_iteration_needs_three_gets(self) -> None:
+        # Two boundary scans and one GET for the middle: the separator context before the
+        # part's first byte comes from the start scan, not from an extra request.
+        data = b"".join(b"%07d\r\n" % i for i in range(100000))
+        url = self.put("data/crlf.txt", data)
+        for p in objects(url, chunks=4, newline=b"\r\n"):
+            fresh = pickle.loads(pickle.dumps(p))
+            self.backend.gets.clear()
+            records = list(fresh)
+            self.assertEqual(len(records), 25000)
+            self.assertLessEqual(len(self.backend.gets), 3, self.backend.gets)
 
     def test_part_inside_a_long_line_reads_only_its_nominal_range(self) -> None:
         data = b"head\n" + b"z" * (3 * MiB) + b"\ntail\n"

@@ -31,6 +31,8 @@ from ..storage import clear_cache as clear_storage_cache
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 _SIGNAL_NAMES = {-int(s): s.name for s in signal.Signals}
+#: How often an idle worker checks that its client process is still alive.
+_PARENT_CHECK_SECONDS = 2.0
 
 
 class _PipeHooks(worker_module.WorkerHooks):
@@ -47,15 +49,24 @@ class _PipeHooks(worker_module.WorkerHooks):
         self.conn.send(("segment", self.inv, status))
 
 
-def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int]) -> None:
+def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
+                 inherited: List[Any], parent_pid: int) -> None:
     """Body of one worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
+    for other in inherited:
+        # A forked child holds copies of its siblings' parent-side pipe ends; closing
+        # them lets each worker see EOF when the client goes away.
+        other.close()
     sys.path[:] = sys_path
     clear_storage_cache()  # SDK clients inherited through fork are not safe to reuse
     hooks = _PipeHooks(conn, slot)
     calls_run = 0
     while True:
         try:
+            # Wake up now and then to notice a client that died without closing the pipe.
+            while not conn.poll(_PARENT_CHECK_SECONDS):
+                if os.getppid() != parent_pid:
+                    return
             message = conn.recv()
         except (EOFError, OSError):
             return
@@ -89,7 +100,7 @@ class _Worker:
 
 class LocalBackend(ComputeBackend):
     name = "local"
-    option_names = frozenset({"start_method", "mp_context", "max_tasks_per_child"})
+    option_names = frozenset({"start_method", "mp_context", "max_tasks_per_child", "notices"})
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
                  storage_url: str, storage_options: Dict[str, Any]) -> None:
@@ -115,6 +126,9 @@ class LocalBackend(ComputeBackend):
         if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1):
             raise ValueError(f"max_tasks_per_child must be an integer >= 1 or None, not {max_tasks!r}")
         self._max_tasks: Optional[int] = max_tasks
+        # notices=False drops the segment notices so only status polling remains: the
+        # tests use it to show that the fast path is an optimisation, not a dependency.
+        self._notices = bool(self.options.get("notices", True))
         self._lock = threading.Lock()
         self._workers: List[_Worker] = []
         self._queue: Deque[Tuple[str, Dict[str, Any]]] = collections.deque()
@@ -131,7 +145,7 @@ class LocalBackend(ComputeBackend):
             # while leaving everything else cancellable, as ProcessPoolExecutor does.
             max_in_flight=self.max_workers + 1,
             can_cancel=True,
-            notifies=True,
+            notifies=self._notices,
             batch_target_seconds=0.02,
             max_batch_calls=self._max_tasks,
         )
@@ -196,8 +210,11 @@ class LocalBackend(ComputeBackend):
     def _spawn_locked(self) -> _Worker:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         slot = self._context.RawArray("q", 1)
+        fork = self._context.get_start_method() == "fork"
+        inherited = [w.conn for w in self._workers] + [self._wake_r, self._wake_w] if fork else []
         process = self._context.Process(
-            target=_worker_main, args=(child_conn, slot, list(sys.path), self._max_tasks),
+            target=_worker_main,
+            args=(child_conn, slot, list(sys.path), self._max_tasks, inherited, os.getpid()),
             name="cloudpool-local-worker", daemon=True,
         )
         process.start()
@@ -264,7 +281,8 @@ class LocalBackend(ComputeBackend):
     def _on_message(self, worker: _Worker, message) -> None:
         kind = message[0]
         if kind == "segment":
-            self._notify(SegmentDone(message[2]))
+            if self._notices:
+                self._notify(SegmentDone(message[2]))
         elif kind == "failed":
             self._notify(InvocationLost(message[1], "the worker could not run the invocation:\n" + message[2]))
         elif kind == "done":

@@ -39,20 +39,27 @@ def split_url(url: str) -> Tuple[str, str, str]:
         raise ValueError(f"a storage URL must be a non-empty string, not {url!r}")
     if "://" not in url:
         return "file", "", os.path.abspath(os.path.expanduser(url)).lstrip("/")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("http", "https"):
+        parts = urlsplit(url)  # only HTTP has queries and fragments
+        if not parts.netloc:
+            raise ValueError(f"malformed URL {url!r}: it names no host")
+        key = parts.path.lstrip("/")
+        return scheme, parts.netloc, f"{key}?{parts.query}" if parts.query else key
+    # Object keys may contain '?' and '#' (and globs use '?'): split on '/' only.
+    bucket, _, key = rest.partition("/")
     if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
+        if bucket not in ("", "localhost"):
             raise ValueError(f"malformed URL {url!r}: use file:///absolute/path (three slashes)")
-        return "file", "", os.path.abspath(parts.path or "/").lstrip("/")
-    if not parts.netloc:
+        return "file", "", os.path.abspath("/" + key).lstrip("/")
+    if not scheme.isidentifier():
+        raise ValueError(f"malformed URL {url!r}: {scheme!r} is not a URL scheme")
+    if not bucket:
         raise ValueError(
             f"malformed URL {url!r}: it names no bucket; write {scheme}://BUCKET/PREFIX"
         )
-    key = parts.path.lstrip("/")
-    if scheme in ("http", "https") and parts.query:
-        key = f"{key}?{parts.query}"
-    return scheme, parts.netloc, key
+    return scheme, bucket, key
 
 
 def get_storage(scheme: str, bucket: str, options: Optional[Mapping[str, Any]] = None) -> StorageBackend:

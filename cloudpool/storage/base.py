@@ -183,7 +183,10 @@ class ObjectWriter(io.BytesIO):
         self._key = key
 
     def close(self) -> None:
-        if not self.closed:
-            self.seek(0)
-            self._storage.put_file(self._key, self)
+        if self.closed:
+            return
+        # Upload a separate buffer and close ourselves first: some SDKs (boto3's
+        # upload_fileobj) close the file they were given, which would re-enter here.
+        data = io.BytesIO(self.getvalue())
         super().close()
+        self._storage.put_file(self._key, data)

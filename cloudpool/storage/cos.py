@@ -16,12 +16,13 @@ environment, ``~/.bluemix/cos_credentials``). The endpoint is ``endpoint_url``, 
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Dict, FrozenSet
+from typing import Any, ClassVar, Dict, FrozenSet, Optional
 
 import ibm_boto3
 import ibm_boto3.s3.transfer
 import ibm_botocore.config
 import ibm_botocore.exceptions
+import ibm_botocore.utils
 
 from .s3 import S3CompatibleStorage, _SDK
 
@@ -35,6 +36,7 @@ IBM_BOTO3 = _SDK(
     core_error=ibm_botocore.exceptions.BotoCoreError,
     no_credentials_errors=(ibm_botocore.exceptions.NoCredentialsError,
                            ibm_botocore.exceptions.PartialCredentialsError),
+    content_length=ibm_botocore.utils.determine_content_length,
 )
 
 
@@ -90,7 +92,7 @@ class COSStorage(S3CompatibleStorage):
             kwargs["signature_version"] = "oauth"
         return kwargs
 
-    def _error(self, exc: BaseException, key, action: str) -> OSError:
+    def _error(self, exc: BaseException, key: Optional[str], action: str) -> OSError:
         err = super()._error(exc, key, action)
         if isinstance(err, PermissionError) and isinstance(exc, self.sdk.no_credentials_errors):
             # Name IBM's variables rather than only AWS's.

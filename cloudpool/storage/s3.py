@@ -18,12 +18,13 @@ import itertools
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, Dict, FrozenSet, Iterable, Iterator, Optional
+from typing import Any, BinaryIO, Callable, ClassVar, Dict, FrozenSet, Iterable, Iterator, Optional
 
 import boto3
 import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
+import botocore.utils
 
 from .base import Bytes, ObjectInfo, StorageBackend
 
@@ -50,6 +51,7 @@ class _SDK:
     client_error: type            # botocore.exceptions.ClientError
     core_error: type              # botocore.exceptions.BotoCoreError
     no_credentials_errors: tuple  # NoCredentialsError, PartialCredentialsError, ...
+    content_length: Callable[[Any], Optional[int]]  # botocore.utils.determine_content_length
 
 
 BOTO3 = _SDK(
@@ -60,7 +62,37 @@ BOTO3 = _SDK(
     core_error=botocore.exceptions.BotoCoreError,
     no_credentials_errors=(botocore.exceptions.NoCredentialsError,
                            botocore.exceptions.PartialCredentialsError),
+    content_length=botocore.utils.determine_content_length,
 )
+
+
+class _KeepOpen:
+    """Reads through to the caller's file but never closes it.
+
+    s3transfer closes the file object it uploads from; that file is the caller's (for
+    ``open("wb")`` it is the writer whose ``close()`` started this very upload).
+    """
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._f = fileobj
+
+    def read(self, size: int = -1) -> bytes:
+        return self._f.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._f.seekable()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        return None
 
 
 class S3CompatibleStorage(StorageBackend):
@@ -112,9 +144,19 @@ class S3CompatibleStorage(StorageBackend):
                 # A Session per storage: boto3's default session is not thread-safe.
                 session = self.sdk.session_factory()
                 config = self.sdk.config_cls(**self._config_kwargs())
-                self._client = session.client("s3", config=config, **self._client_kwargs())
+                client = session.client("s3", config=config, **self._client_kwargs())
+                # After the SDK's own handler, which adds "Expect: 100-continue" to every
+                # PUT, even an empty one (RFC 9110 forbids that); SeaweedFS then answers
+                # without a 100 and the next request on that connection hangs.
+                client.meta.events.register_last("before-call.s3", self._no_continue_if_empty)
+                self._client = client
                 self._client_pid = pid
             return self._client
+
+    def _no_continue_if_empty(self, params: Dict[str, Any], **_kwargs: Any) -> None:
+        headers = params.get("headers") or {}
+        if "Expect" in headers and self.sdk.content_length(params.get("body")) == 0:
+            del headers["Expect"]
 
     # ------------------------------------------------------------------ errors
     def _error(self, exc: BaseException, key: Optional[str], action: str) -> OSError:
@@ -128,38 +170,38 @@ class S3CompatibleStorage(StorageBackend):
             )
         if not isinstance(exc, self.sdk.client_error):
             return OSError(f"{url}: {action} failed: {exc}")
-        err = exc.response.get("Error", {})  # type: ignore[attr-defined]
-        code = str(err.get("Code", ""))
-        message = err.get("Message") or code
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
+        response = exc.response  # type: ignore[attr-defined]
+        err = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return self._error_from_code(str(err.get("Code", "")), err.get("Message"), status, key, action)
+
+    def _error_from_code(self, code: str, message: Optional[str], status: Optional[int],
+                         key: Optional[str], action: str) -> OSError:
+        url = self.url(key or "")
         if code == "NoSuchBucket":
-            return FileNotFoundError(
-                f"{url}: bucket {self.bucket!r} does not exist at {self._where()}; "
-                f"create it or fix the storage URL"
-            )
+            return self._no_bucket(key)
         if code in _MISSING_KEY_CODES or status == 404:
             return FileNotFoundError(f"{url}: no such object")
         if code in _DENIED_CODES or status in (401, 403):
             return PermissionError(
-                f"{url}: {action} refused ({code}: {message}); check the credentials "
+                f"{url}: {action} refused ({code}: {message or code}); check the credentials "
                 f"and that they may access bucket {self.bucket!r}"
             )
-        return OSError(f"{url}: {action} failed ({code}: {message})")
+        return OSError(f"{url}: {action} failed ({code}: {message or code})")
 
-    def _where(self) -> str:
-        return self.client.meta.endpoint_url
+    def _no_bucket(self, key: Optional[str]) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"{self.url(key or '')}: bucket {self.bucket!r} does not exist at "
+            f"{self.client.meta.endpoint_url}; create it or fix the storage URL"
+        )
 
     def _missing(self, key: str) -> FileNotFoundError:
-        """A 404 without an error code (HEAD has no body): tell a missing bucket apart."""
+        """A bare 404 (a HEAD has no body to say which): tell a missing bucket apart."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (self.sdk.client_error, self.sdk.core_error) as exc:
-            err = self._error(exc, key, "HEAD bucket")
-            if isinstance(err, FileNotFoundError):
-                return FileNotFoundError(
-                    f"{self.url(key)}: bucket {self.bucket!r} does not exist at "
-                    f"{self._where()}; create it or fix the storage URL"
-                )
+            if isinstance(self._error(exc, key, "HEAD bucket"), FileNotFoundError):
+                return self._no_bucket(key)
         return FileNotFoundError(f"{self.url(key)}: no such object")
 
     # ------------------------------------------------------------------ primitives
@@ -179,7 +221,7 @@ class S3CompatibleStorage(StorageBackend):
             max_concurrency=4,
         )
         try:
-            self.client.upload_fileobj(fileobj, self.bucket, key, Config=config)
+            self.client.upload_fileobj(_KeepOpen(fileobj), self.bucket, key, Config=config)
         except (self.sdk.client_error, self.sdk.core_error) as exc:
             raise self._error(exc, key, "upload") from exc
 
@@ -201,7 +243,7 @@ class S3CompatibleStorage(StorageBackend):
             if err.get("Code") == "InvalidRange":
                 # Starts at or past the end (S3 clips only the end of a range).
                 return b""
-            if err.get("Code") in ("404",):
+            if err.get("Code") == "404":  # no error body: which is missing?
                 raise self._missing(key) from exc
             raise self._error(exc, key, "GET") from exc
         except self.sdk.core_error as exc:
@@ -261,12 +303,10 @@ class S3CompatibleStorage(StorageBackend):
             except (self.sdk.client_error, self.sdk.core_error) as exc:
                 raise self._error(exc, chunk[0], "DELETE") from exc
             for failure in response.get("Errors", ()):
-                if failure.get("Code") in ("NoSuchKey",):  # already gone is fine
+                if failure.get("Code") == "NoSuchKey":  # already gone is fine
                     continue
-                fake = self.sdk.client_error(
-                    {"Error": {"Code": failure.get("Code"), "Message": failure.get("Message")}},
-                    "DeleteObjects")
-                raise self._error(fake, failure.get("Key"), "DELETE")
+                raise self._error_from_code(str(failure.get("Code", "")), failure.get("Message"),
+                                            None, failure.get("Key"), "DELETE")
 
     def check(self) -> None:
         # HEAD bucket is the cheapest request that proves both the bucket and the keys.
@@ -274,12 +314,8 @@ class S3CompatibleStorage(StorageBackend):
             self.client.head_bucket(Bucket=self.bucket)
         except (self.sdk.client_error, self.sdk.core_error) as exc:
             err = self._error(exc, "", "HEAD bucket")
-            if isinstance(err, FileNotFoundError):
-                raise FileNotFoundError(
-                    f"{self.url()}: bucket {self.bucket!r} does not exist at {self._where()}; "
-                    f"create it or fix the storage URL"
-                ) from exc
-            raise err from exc
+            # HEAD bucket answers a bare 404: the bucket, not a key, is missing.
+            raise (self._no_bucket("") if isinstance(err, FileNotFoundError) else err) from exc
 
 
 class S3Storage(S3CompatibleStorage):

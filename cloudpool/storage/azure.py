@@ -1,0 +1,207 @@
+"""Azure Blob Storage (``az://container/blob``) through azure-storage-blob.
+
+The "bucket" is a container of one storage account. This module owns the container
+client (one per process), ranged downloads, paged listings, batched deletes and the
+translation of ``azure.core`` errors into the ``OSError`` family.
+
+Which account and credential, in order:
+
+1. the ``connection_string`` option (secret);
+2. the ``account_url`` option (``https://ACCOUNT.blob.core.windows.net``, may carry a
+   SAS query) with the ``credential`` option (secret: an account key, a SAS token or a
+   ``TokenCredential``), or, when that is absent and ``azure-identity`` is installed,
+   ``DefaultAzureCredential`` (managed identity, environment, CLI login);
+3. the ``AZURE_STORAGE_CONNECTION_STRING`` environment variable.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from enum import Enum
+import threading
+from typing import Any, BinaryIO, ClassVar, FrozenSet, Iterable, Iterator, Optional
+
+import requests
+import requests.adapters
+from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
+                                   ResourceNotFoundError)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from .base import Bytes, ObjectInfo, StorageBackend
+
+try:  # optional: the platform credential chain for account_url without a credential
+    from azure.identity import DefaultAzureCredential
+except ImportError:
+    DefaultAzureCredential = None
+
+__all__ = ["AzureBlobStorage"]
+
+_DENIED_CODES = frozenset({
+    "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
+    "InsufficientAccountPermissions", "AccountIsDisabled",
+})
+
+
+class AzureBlobStorage(StorageBackend):
+    """``az://`` on Azure Blob Storage (or Azurite): one container of one account."""
+
+    scheme = "az"
+    option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "account_url", "credential"})
+    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "credential"})
+    #: Blobs per listing page (the service's maximum is 5000; tests lower it).
+    list_page_size: ClassVar[int] = 1000
+    #: Keys per batch delete request (the service takes at most 256 sub-requests).
+    delete_batch_size: ClassVar[int] = 256
+    #: Parallel fetches by the executor need more pooled connections than requests' 10.
+    max_pool_connections: ClassVar[int] = 64
+
+    def __init__(self, bucket: str, **options: Any) -> None:
+        super().__init__(bucket, **options)
+        self._lock = threading.Lock()
+        self._container: Optional[ContainerClient] = None
+        self._container_pid: Optional[int] = None
+
+    # ------------------------------------------------------------------ client
+    @property
+    def container(self) -> ContainerClient:
+        """The SDK's container client, created on first use and again after a fork."""
+        pid = os.getpid()
+        if self._container is not None and self._container_pid == pid:
+            return self._container
+        with self._lock:
+            if self._container is None or self._container_pid != pid:
+                self._container = self._make_service().get_container_client(self.bucket)
+                self._container_pid = pid
+            return self._container
+
+    def _make_service(self) -> BlobServiceClient:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.max_pool_connections)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        transport = RequestsTransport(session=session, session_owner=False)
+        o = self.options
+        conn = o.get("connection_string")
+        if conn:
+            return BlobServiceClient.from_connection_string(conn, transport=transport)
+        if o.get("account_url"):
+            credential = o.get("credential")
+            if credential is None and DefaultAzureCredential is not None and "?" not in o["account_url"]:
+                credential = DefaultAzureCredential()
+            return BlobServiceClient(o["account_url"], credential=credential, transport=transport)
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if conn:
+            return BlobServiceClient.from_connection_string(conn, transport=transport)
+        raise PermissionError(
+            f"{self.url()}: no Azure account given; set AZURE_STORAGE_CONNECTION_STRING, or "
+            f"the storage options connection_string, or account_url (+ credential)"
+        )
+
+    # ------------------------------------------------------------------ errors
+    def _error(self, exc: AzureError, key: str, action: str) -> OSError:
+        url = self.url(key)
+        is_http = isinstance(exc, HttpResponseError)
+        raw_code = (exc.error_code if is_http else None) or ""
+        # The SDK hands back a StorageErrorCode enum or a plain string.
+        code = str(raw_code.value if isinstance(raw_code, Enum) else raw_code)
+        status = exc.status_code if is_http else None
+        if code == "ContainerNotFound":
+            return FileNotFoundError(
+                f"{url}: container {self.bucket!r} does not exist; create it or fix the storage URL"
+            )
+        if isinstance(exc, ResourceNotFoundError) or status == 404:
+            return FileNotFoundError(f"{url}: no such object")
+        if isinstance(exc, ClientAuthenticationError) or status in (401, 403) or code in _DENIED_CODES:
+            return PermissionError(
+                f"{url}: {action} refused ({code or status}); check the account key, SAS or "
+                f"identity, and that it may access container {self.bucket!r}"
+            )
+        message = exc.message if is_http else str(exc)
+        return OSError(f"{url}: {action} failed ({code or type(exc).__name__}): {message}")
+
+    # ------------------------------------------------------------------ primitives
+    def put(self, key: str, data: Bytes) -> None:
+        try:
+            self.container.upload_blob(key, bytes(data), overwrite=True)
+        except AzureError as exc:
+            raise self._error(exc, key, "PUT") from exc
+
+    def put_file(self, key: str, fileobj: BinaryIO) -> None:
+        try:
+            # The SDK stages blocks from the stream and commits them at the end, so
+            # readers see the old object or the new one, never a part.
+            self.container.upload_blob(key, fileobj, overwrite=True, max_concurrency=4)
+        except AzureError as exc:
+            raise self._error(exc, key, "upload") from exc
+
+    def get(self, key: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+        start = start or 0
+        if start < 0 or (end is not None and end < 0):
+            raise ValueError(f"byte range must not be negative, got [{start}, {end})")
+        if end is not None and start >= end:
+            return b""
+        try:
+            if start == 0 and end is None:
+                return self.container.download_blob(key).readall()
+            length = None if end is None else end - start
+            return self.container.download_blob(key, offset=start, length=length).readall()
+        except HttpResponseError as exc:
+            if exc.status_code == 416:
+                return b""  # starts at or past the end
+            raise self._error(exc, key, "GET") from exc
+        except AzureError as exc:
+            raise self._error(exc, key, "GET") from exc
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            props = self.container.get_blob_client(key).get_blob_properties()
+        except AzureError as exc:
+            raise self._error(exc, key, "HEAD") from exc
+        return ObjectInfo(key=key, size=int(props.size), etag=(props.etag or "").strip('"') or None,
+                          mtime=props.last_modified.timestamp() if props.last_modified else None)
+
+    def list(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        pages = self.container.list_blobs(name_starts_with=prefix or None,
+                                          results_per_page=self.list_page_size).by_page()
+        try:
+            for page in pages:  # one request per page, made when reached
+                for props in page:
+                    # Azure has no StartAfter (its marker is opaque): skip client-side.
+                    if start_after is not None and props.name <= start_after:
+                        continue
+                    yield ObjectInfo(
+                        key=props.name, size=int(props.size),
+                        etag=(props.etag or "").strip('"') or None,
+                        mtime=props.last_modified.timestamp() if props.last_modified else None,
+                    )
+        except AzureError as exc:
+            raise self._error(exc, prefix, "LIST") from exc
+
+    def delete(self, keys: Iterable[str]) -> None:
+        it = iter(keys)
+        while True:
+            chunk = list(itertools.islice(it, self.delete_batch_size))
+            if not chunk:
+                return
+            try:
+                if len(chunk) == 1:
+                    try:
+                        self.container.delete_blob(chunk[0])
+                    except ResourceNotFoundError as exc:
+                        if exc.error_code == "ContainerNotFound":
+                            raise
+                    continue
+                # One batch request; a missing blob is a 404 sub-response, not a failure.
+                responses = self.container.delete_blobs(*chunk, raise_on_any_failure=False)
+            except AzureError as exc:
+                raise self._error(exc, chunk[0], "DELETE") from exc
+            for key, response in zip(chunk, responses):
+                if response.status_code in (200, 202, 404):
+                    continue
+                raise self._error(
+                    HttpResponseError(message=f"batch delete answered {response.status_code}",
+                                      response=response), key, "DELETE")
+
+    def check(self) -> None:
+        next(iter(self.list("")), None)
