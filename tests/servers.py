@@ -25,6 +25,7 @@ import atexit
 import ctypes
 import email.utils
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "Server", "moto_s3", "seaweedfs", "azurite", "fake_gcs", "redis_server", "http_server",
@@ -124,14 +125,23 @@ def _http_answers(url: str, method: str = "GET") -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
+def _load_prctl():
+    # Resolved here, in the parent: loading a library in a freshly forked child of a
+    # threaded process can deadlock on the loader's lock.
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux/glibc: atexit alone stops the servers
+        return None
+
+
+_prctl = _load_prctl()
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     # If the test process is SIGKILLed, atexit never runs; this makes the kernel kill
     # the server too, so a crashed test run leaves no 800 MB SeaweedFS behind.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        return  # not glibc Linux: atexit still stops the server on a normal exit
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------- Server
@@ -141,9 +151,8 @@ class Server:
     name = "server"
     #: Seconds to wait for the server to answer after starting.
     start_timeout = 60.0
-    #: Signals sent, in order, to stop it (each followed by a wait of ``stop_wait``).
-    stop_signals = (signal.SIGTERM,)
-    stop_wait = 10.0
+    #: (signal, seconds to wait for the exit) pairs tried in order to stop it; then SIGKILL.
+    stop_signals: Tuple[Tuple[int, float], ...] = ((signal.SIGTERM, 10.0),)
 
     def __init__(self, port: Optional[int] = None, workdir: Optional[str] = None) -> None:
         self.host = HOST
@@ -186,7 +195,8 @@ class Server:
                 cwd=self.workdir, env=self.process_env(),
                 # Only the main thread's death should take the server down: the kernel
                 # signals on the death of the *thread* that forked.
-                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
+                preexec_fn=(_die_with_parent if _prctl is not None
+                            and threading.current_thread() is threading.main_thread() else None),
             )
         finally:
             log.close()
@@ -213,24 +223,33 @@ class Server:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        for sig in self.stop_signals:
+        for sig, wait in self.stop_signals:
             try:
                 proc.send_signal(sig)
             except ProcessLookupError:
                 return
             try:
-                proc.wait(self.stop_wait)
+                proc.wait(wait)
                 return
             except subprocess.TimeoutExpired:
                 continue
         proc.kill()
         proc.wait()
 
+    def kill(self) -> None:
+        """Stop at once (SIGKILL): for when the data is about to be thrown away."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def close(self) -> None:
         """Stop and remove the working directory (at exit)."""
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self._own_workdir:
+            self.stop()
+            return
+        self.kill()  # no graceful shutdown for data about to be deleted (saves seconds)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log_path, lines)
@@ -246,10 +265,8 @@ class MotoServer(Server):
     name = "moto"
 
     def command(self) -> List[str]:
-        try:
-            import moto.server  # noqa: F401  (only to fail early with the hint)
-        except ImportError:
-            raise RuntimeError(f"moto[server] is not installed: {INSTALL_HINT}") from None
+        if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+            raise RuntimeError(f"moto[server] is not installed: {INSTALL_HINT}")
         return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
 
     @property
@@ -308,7 +325,8 @@ class SeaweedFSServer(Server):
             weed, "mini", f"-dir={self.data_dir}",
             f"-ip={self.host}", f"-ip.bind={self.host}",
             f"-s3.port={self.port}", f"-s3.port.grpc={g[0]}", f"-s3.config={self.config_path}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # like real S3: a PUT into a missing bucket fails rather than creating it
+            "-s3.autoCreateBucket=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-master.port={self.master_port}", f"-master.port.grpc={g[1]}",
             f"-volume.port={self.volume_port}", f"-volume.port.grpc={g[2]}",
             f"-filer.port={self.filer_port}", f"-filer.port.grpc={g[3]}",
@@ -355,8 +373,7 @@ class AzuriteServer(Server):
 
     name = "azurite"
     # Azurite's first SIGTERM only closes the listening port; the second ends it.
-    stop_signals = (signal.SIGTERM, signal.SIGTERM)
-    stop_wait = 5.0
+    stop_signals = ((signal.SIGTERM, 1.0), (signal.SIGTERM, 5.0))
 
     def command(self) -> List[str]:
         local = os.path.join(ROOT, ".cache", "node", "node_modules", ".bin", "azurite-blob")

@@ -1,0 +1,780 @@
+"""The storage contract, written once and run against every backend on a real server.
+
+``ReadContract``, ``ListContract``, ``PagedListContract``, ``WriteContract`` and the
+error contracts are mixins over ``self.storage`` (one bucket per TestCase class, made by
+the class's fixture with the SDK). ``make_storage_tests`` combines a fixture with the
+contracts that apply to it into one ``unittest.TestCase`` per backend, as CPython's
+``create_executor_tests`` does for executors:
+
+=====================  =====================================  =========================
+class                  server                                  contracts
+=====================  =====================================  =========================
+LocalDiskStorageTest   a temporary directory                   read, list, write
+MotoS3StorageTest      moto server (boto3)                     all
+COSOnMotoStorageTest   moto server (ibm_boto3)                 all
+SeaweedFSS3StorageTest SeaweedFS ``weed mini`` (boto3)         all + >1000-key paging
+GCSStorageTest         fake-gcs-server                         all but wrong credentials
+AzureStorageTest       Azurite                                 all
+HTTPStorageTest        tests/servers.py's Range HTTP server    read, single-object list,
+                                                               read-only
+=====================  =====================================  =========================
+
+Wrong credentials: moto and fake-gcs-server accept any credentials, so the S3 and COS
+classes check their refusal against SeaweedFS, which is configured with one key pair
+and refuses others; Azurite checks the account key itself. No server here refuses GCS
+credentials, so that case is not tested for GCS.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, Dict, List, Tuple
+from unittest import mock
+
+from cloudpool.storage import get_storage, storages
+from cloudpool.storage.base import StorageBackend
+
+try:
+    from tests import servers
+except ImportError:  # run from inside tests/
+    import servers  # type: ignore[no-redef]
+
+MiB = 1024 * 1024
+
+
+def unique_bucket(tag: str) -> str:
+    """A bucket/container name valid on S3, GCS and Azure (lowercase, digits, dashes)."""
+    return f"cp-{tag}-{uuid.uuid4().hex[:10]}"
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """``n`` deterministic bytes in which every offset is distinguishable."""
+    return bytes((i * 7 + seed + (i >> 8)) % 251 for i in range(n))
+
+
+# ============================================================================ base
+class StorageTestBase:
+    """What every contract uses: the storage, a per-test key prefix, seeding."""
+
+    storage: ClassVar[StorageBackend]
+    #: Prefix of every key this class writes (a temp dir for local disk).
+    base_prefix: ClassVar[str] = ""
+    #: True when put_file of a large object shows up as a multipart ETag ("...-N").
+    multipart_etag: ClassVar[bool] = False
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.prefix = f"{self.base_prefix}{self._testMethodName}/"  # type: ignore[attr-defined]
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def seed(self, key: str, data: bytes) -> None:
+        """Create an object for a read test (read-only fixtures write it behind the server)."""
+        self.storage.put(key, data)
+
+    def assertMentions(self, exc: BaseException, *texts: str) -> None:
+        for text in texts:
+            self.assertIn(text, str(exc))  # type: ignore[attr-defined]
+
+
+# ============================================================================ contracts
+class ReadContract(StorageTestBase):
+    """get with ranges, head, exists, open('rb'), missing objects."""
+
+    def test_get_whole_object(self) -> None:
+        data = pattern(1000)
+        self.seed(self.key("obj"), data)
+        self.assertEqual(self.storage.get(self.key("obj")), data)
+
+    def test_get_ranges(self) -> None:
+        data = pattern(1000)
+        k = self.key("obj")
+        self.seed(k, data)
+        for start, end in [(0, 1), (0, 1000), (1, 999), (500, 501), (123, 456), (None, 10),
+                           (990, None), (0, None), (None, None)]:
+            with self.subTest(start=start, end=end):
+                self.assertEqual(self.storage.get(k, start, end), data[start:end])
+
+    def test_get_range_past_the_end_is_clipped(self) -> None:
+        data = pattern(100)
+        k = self.key("obj")
+        self.seed(k, data)
+        self.assertEqual(self.storage.get(k, 90, 10**9), data[90:])
+        self.assertEqual(self.storage.get(k, 0, 101), data)
+        for start, end in [(100, 200), (100, None), (150, 160), (10**9, None)]:
+            with self.subTest(start=start, end=end):
+                self.assertEqual(self.storage.get(k, start, end), b"")
+
+    def test_empty_ranges_return_nothing(self) -> None:
+        k = self.key("obj")
+        self.seed(k, pattern(100))
+        for start, end in [(5, 5), (0, 0), (50, 10), (100, 100)]:
+            with self.subTest(start=start, end=end):
+                self.assertEqual(self.storage.get(k, start, end), b"")
+
+    def test_empty_object(self) -> None:
+        k = self.key("empty")
+        self.seed(k, b"")
+        self.assertEqual(self.storage.get(k), b"")
+        self.assertEqual(self.storage.get(k, 0, 10), b"")
+        self.assertEqual(self.storage.head(k).size, 0)
+
+    def test_head(self) -> None:
+        k = self.key("obj")
+        self.seed(k, pattern(4321))
+        info = self.storage.head(k)
+        self.assertEqual(info.key, k)
+        self.assertEqual(info.size, 4321)
+        if info.mtime is not None:
+            self.assertGreater(info.mtime, 1e9)
+
+    def test_exists(self) -> None:
+        k = self.key("obj")
+        self.seed(k, b"x")
+        self.assertTrue(self.storage.exists(k))
+        self.assertFalse(self.storage.exists(self.key("absent")))
+
+    def test_missing_key_get_names_the_url(self) -> None:
+        k = self.key("absent")
+        with self.assertRaises(FileNotFoundError) as cm:
+            self.storage.get(k)
+        self.assertMentions(cm.exception, self.storage.url(k))
+        with self.assertRaises(FileNotFoundError) as cm:
+            self.storage.get(k, 0, 10)
+        self.assertMentions(cm.exception, self.storage.url(k))
+
+    def test_missing_key_head_names_the_url(self) -> None:
+        k = self.key("absent")
+        with self.assertRaises(FileNotFoundError) as cm:
+            self.storage.head(k)
+        self.assertMentions(cm.exception, self.storage.url(k))
+
+    def test_open_rb_streams_and_seeks(self) -> None:
+        data = pattern(100_000, seed=3)
+        k = self.key("obj")
+        self.seed(k, data)
+        # A small block size forces many ranged GETs.
+        with self.storage.open(k, "rb", block_size=4096) as f:
+            self.assertEqual(f.read(10), data[:10])
+            self.assertEqual(f.tell(), 10)
+            f.seek(50_000)
+            self.assertEqual(f.read(100), data[50_000:50_100])
+            f.seek(-7, io.SEEK_END)
+            self.assertEqual(f.read(), data[-7:])
+            self.assertEqual(f.read(), b"")
+            f.seek(0)
+            self.assertEqual(f.read(), data)
+
+    def test_open_rb_window(self) -> None:
+        data = pattern(10_000)
+        k = self.key("obj")
+        self.seed(k, data)
+        with self.storage.open(k, "rb", start=1000, end=2500, block_size=512) as f:
+            self.assertEqual(f.read(), data[1000:2500])
+            f.seek(10)
+            self.assertEqual(f.read(5), data[1010:1015])
+            f.seek(0, io.SEEK_END)
+            self.assertEqual(f.tell(), 1500)
+
+    def test_open_rb_missing_key(self) -> None:
+        with self.assertRaises(FileNotFoundError):
+            self.storage.open(self.key("absent"), "rb")
+
+    def test_registry_builds_this_backend(self) -> None:
+        cls = storages.get(self.storage.scheme)
+        self.assertIs(type(self.storage), cls)
+        self.assertIsInstance(get_storage(self.storage.scheme, self.storage.bucket,
+                                          self.storage.options), cls)
+
+
+class ListContract(StorageTestBase):
+    """list(prefix, start_after): key order, prefix filtering, sizes."""
+
+    KEYS = ["a/1", "a/10", "a/2", "a/b/c", "ab", "b", "sp ace/ünï+cødé%20&=.txt"]
+
+    def _seed_tree(self) -> Dict[str, bytes]:
+        tree = {self.key(name): pattern(i + 1, seed=i) for i, name in enumerate(self.KEYS)}
+        for k, v in tree.items():
+            self.seed(k, v)
+        return tree
+
+    def test_list_everything_in_key_order(self) -> None:
+        tree = self._seed_tree()
+        listed = list(self.storage.list(self.prefix))
+        self.assertEqual([i.key for i in listed], sorted(tree))
+        self.assertEqual({i.key: i.size for i in listed}, {k: len(v) for k, v in tree.items()})
+
+    def test_list_prefix_is_a_string_prefix(self) -> None:
+        self._seed_tree()
+        self.assertEqual([i.key for i in self.storage.list(self.key("a/"))],
+                         [self.key(n) for n in ("a/1", "a/10", "a/2", "a/b/c")])
+        # Not a directory: "a" also matches "ab".
+        self.assertEqual([i.key for i in self.storage.list(self.key("a"))],
+                         [self.key(n) for n in ("a/1", "a/10", "a/2", "a/b/c", "ab")])
+        self.assertEqual([i.key for i in self.storage.list(self.key("a/1"))],
+                         [self.key("a/1"), self.key("a/10")])
+        self.assertEqual(list(self.storage.list(self.key("nothing-here"))), [])
+
+    def test_list_start_after(self) -> None:
+        self._seed_tree()
+        keys = [i.key for i in self.storage.list(self.prefix, start_after=self.key("a/10"))]
+        self.assertEqual(keys, [self.key(n) for n in ("a/2", "a/b/c", "ab", "b", "sp ace/ünï+cødé%20&=.txt")])
+        # start_after need not be a key itself
+        keys = [i.key for i in self.storage.list(self.prefix, start_after=self.key("a/3"))]
+        self.assertEqual(keys[0], self.key("a/b/c"))
+        # past everything
+        self.assertEqual(list(self.storage.list(self.prefix, start_after=self.key("z"))), [])
+
+    def test_special_characters_in_keys(self) -> None:
+        k = self.key("sp ace/ünï+cødé%20&=.txt")
+        self.seed(k, b"odd")
+        self.assertEqual(self.storage.get(k), b"odd")
+        self.assertEqual(self.storage.head(k).size, 3)
+        self.assertEqual([i.key for i in self.storage.list(self.key("sp ace/"))], [k])
+
+    def test_list_is_an_iterator(self) -> None:
+        self.seed(self.key("x"), b"1")
+        it = self.storage.list(self.prefix)
+        self.assertIs(iter(it), it)
+        self.assertEqual(next(it).key, self.key("x"))
+
+
+class PagedListContract(StorageTestBase):
+    """Remote listings come page by page, each page fetched only when reached."""
+
+    def test_pages_are_fetched_lazily(self) -> None:
+        names = [f"k{i}" for i in range(1, 7)]
+        for n in names:
+            self.seed(self.key(n), n.encode())
+        with mock.patch.object(self.storage, "list_page_size", 2):
+            it = self.storage.list(self.prefix)
+            self.assertEqual(next(it).key, self.key("k1"))  # first page: k1, k2
+            # Written after the first page was fetched: a lazy listing still sees it.
+            self.seed(self.key("k5a"), b"late")
+            rest = [i.key for i in it]
+        self.assertEqual(rest, [self.key(n) for n in ("k2", "k3", "k4", "k5", "k5a", "k6")])
+
+    def test_small_pages_with_start_after(self) -> None:
+        names = [f"k{i:02d}" for i in range(11)]
+        for n in names:
+            self.seed(self.key(n), b"")
+        with mock.patch.object(self.storage, "list_page_size", 3):
+            keys = [i.key for i in self.storage.list(self.prefix, start_after=self.key("k03"))]
+        self.assertEqual(keys, [self.key(n) for n in names[4:]])
+
+
+class WriteContract(StorageTestBase):
+    """put, overwrite, put_file (multipart), open('wb'), delete."""
+
+    def test_put_overwrites(self) -> None:
+        k = self.key("obj")
+        self.storage.put(k, b"first version")
+        self.storage.put(k, b"second")
+        self.assertEqual(self.storage.get(k), b"second")
+        self.assertEqual(self.storage.head(k).size, 6)
+
+    def test_put_accepts_bytes_like(self) -> None:
+        self.storage.put(self.key("ba"), bytearray(b"bytearray"))
+        self.storage.put(self.key("mv"), memoryview(b"..memoryview..")[2:-2])
+        self.assertEqual(self.storage.get(self.key("ba")), b"bytearray")
+        self.assertEqual(self.storage.get(self.key("mv")), b"memoryview")
+
+    def test_json_round_trip(self) -> None:
+        value = {"calls": [1, 2, 3], "name": "ü", "nested": {"ok": True}}
+        self.storage.put_json(self.key("j.json"), value)
+        self.assertEqual(self.storage.get_json(self.key("j.json")), value)
+        self.assertEqual(json.loads(self.storage.get(self.key("j.json"))), value)
+
+    def test_delete_many_and_missing(self) -> None:
+        keys = [self.key(f"d{i}") for i in range(6)]
+        for k in keys:
+            self.storage.put(k, b"x")
+        self.storage.delete(iter(keys[:4] + [self.key("never-existed")]))
+        self.assertEqual([i.key for i in self.storage.list(self.prefix)], keys[4:])
+        self.storage.delete([keys[0]])  # already gone: fine
+        self.storage.delete([])
+        self.assertFalse(self.storage.exists(keys[0]))
+
+    def test_delete_prefix(self) -> None:
+        for name in ("p/1", "p/2", "p/q/3", "pp"):
+            self.storage.put(self.key(name), b"x")
+        self.assertEqual(self.storage.delete_prefix(self.key("p/")), 3)
+        self.assertEqual([i.key for i in self.storage.list(self.prefix)], [self.key("pp")])
+
+    def test_open_wb(self) -> None:
+        k = self.key("written")
+        with self.storage.open(k, "wb") as f:
+            f.write(b"hello ")
+            f.write(memoryview(b"world"))
+            # nothing is visible before close
+            self.assertFalse(self.storage.exists(k))
+        self.assertEqual(self.storage.get(k), b"hello world")
+
+    def test_put_file_large(self) -> None:
+        # Larger than the 8 MiB multipart threshold of the S3 backends.
+        data = os.urandom(12 * MiB + 12345)
+        k = self.key("big")
+        self.storage.put_file(k, io.BytesIO(data))
+        info = self.storage.head(k)
+        self.assertEqual(info.size, len(data))
+        if self.multipart_etag:
+            self.assertRegex(info.etag or "", r"-\d+$", "expected a multipart upload")
+        self.assertEqual(self.storage.get(k, 8 * MiB - 5, 8 * MiB + 5), data[8 * MiB - 5:8 * MiB + 5])
+        self.assertEqual(self.storage.get(k), data)
+
+    def test_open_wb_nothing_written(self) -> None:
+        k = self.key("empty")
+        with self.storage.open(k, "wb"):
+            pass
+        self.assertEqual(self.storage.get(k), b"")
+        self.assertEqual(self.storage.head(k).size, 0)
+
+    def test_empty_put_leaves_the_connection_usable(self) -> None:
+        # Regression: botocore sent "Expect: 100-continue" with empty PUTs, after which
+        # SeaweedFS left the pooled connection hanging until the 60 s read timeout.
+        self.storage.put(self.key("e"), b"")
+        started = time.monotonic()
+        self.storage.put(self.key("f"), pattern(300_000))
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(self.storage.get(self.key("f"), 299_990), pattern(300_000)[299_990:])
+
+    def test_put_file_small(self) -> None:
+        k = self.key("small")
+        self.storage.put_file(k, io.BytesIO(b"tiny"))
+        self.assertEqual(self.storage.get(k), b"tiny")
+
+    def test_writes_are_visible_to_head_and_list_at_once(self) -> None:
+        for i in range(5):
+            self.storage.put(self.key(f"n{i}"), pattern(i))
+            self.assertEqual(self.storage.head(self.key(f"n{i}")).size, i)
+        self.assertEqual(len(list(self.storage.list(self.prefix))), 5)
+
+
+class MissingBucketContract(StorageTestBase):
+    """A bucket that does not exist: FileNotFoundError naming it, for every primitive."""
+
+    def missing_bucket_storage(self) -> StorageBackend:
+        raise NotImplementedError
+
+    def test_missing_bucket(self) -> None:
+        st = self.missing_bucket_storage()
+        calls = {
+            "get": lambda: st.get("k"),
+            "ranged get": lambda: st.get("k", 1, 5),
+            "head": lambda: st.head("k"),
+            "list": lambda: list(st.list("")),
+            "check": lambda: st.check(),
+            "put": lambda: st.put("k", b"x"),
+        }
+        for name, call in calls.items():
+            with self.subTest(call=name):
+                with self.assertRaises(FileNotFoundError) as cm:
+                    call()
+                self.assertMentions(cm.exception, f"{st.scheme}://{st.bucket}/", repr(st.bucket),
+                                    "does not exist")
+
+
+class BadCredentialsContract(StorageTestBase):
+    """Refused credentials: PermissionError naming the URL, for every primitive."""
+
+    def bad_credentials_storages(self) -> List[Tuple[str, StorageBackend]]:
+        """(description, storage) pairs whose credentials a real server refuses."""
+        raise NotImplementedError
+
+    def test_wrong_credentials(self) -> None:
+        for what, st in self.bad_credentials_storages():
+            calls = {
+                "get": lambda: st.get("some/key"),
+                "head": lambda: st.head("some/key"),
+                "list": lambda: list(st.list("some/")),
+                "check": lambda: st.check(),
+                "put": lambda: st.put("some/key", b"x"),
+                "delete": lambda: st.delete(["some/key", "other/key"]),
+            }
+            for name, call in calls.items():
+                with self.subTest(credentials=what, call=name):
+                    with self.assertRaises(PermissionError) as cm:
+                        call()
+                    self.assertMentions(cm.exception, f"{st.scheme}://{st.bucket}/")
+
+
+class ReadOnlyContract(StorageTestBase):
+    """A read-only store refuses every write, naming the URL, and lists single objects."""
+
+    def test_writes_are_refused(self) -> None:
+        k = self.key("obj")
+        self.seed(k, b"keep me")
+        calls = {
+            "put": lambda: self.storage.put(k, b"x"),
+            "put_file": lambda: self.storage.put_file(k, io.BytesIO(b"x")),
+            "put_json": lambda: self.storage.put_json(k, {}),
+            "delete": lambda: self.storage.delete([k]),
+            "delete_prefix": lambda: self.storage.delete_prefix(k),
+            "open wb": lambda: self.storage.open(k, "wb"),
+        }
+        self.assertFalse(self.storage.writable)
+        for name, call in calls.items():
+            with self.subTest(call=name):
+                with self.assertRaises(PermissionError) as cm:
+                    call()
+                self.assertMentions(cm.exception, self.storage.url(k), "read-only")
+        self.assertEqual(self.storage.get(k), b"keep me")
+
+    def test_list_names_one_object(self) -> None:
+        k = self.key("obj")
+        self.seed(k, b"12345")
+        self.assertEqual([(i.key, i.size) for i in self.storage.list(k)], [(k, 5)])
+        self.assertEqual(list(self.storage.list(self.key("absent"))), [])
+        self.assertEqual(list(self.storage.list(k, start_after=k)), [])
+
+
+# ============================================================================ fixtures
+class LocalDiskFixture:
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        from cloudpool.storage.local import LocalStorage
+
+        tmp = tempfile.mkdtemp(prefix="cloudpool-contract-")
+        cls.addClassCleanup(shutil.rmtree, tmp, ignore_errors=True)  # type: ignore[attr-defined]
+        cls.storage = LocalStorage()
+        cls.base_prefix = tmp.lstrip("/") + "/"
+
+
+class _RemoteFixture:
+    """Creates a unique bucket with the SDK before the class, empties it after."""
+
+    bucket_tag: ClassVar[str] = "x"
+
+    @classmethod
+    def make_storage(cls, bucket: str) -> StorageBackend:
+        raise NotImplementedError
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        cls.storage = cls.make_storage(unique_bucket(cls.bucket_tag))
+        cls.create_bucket(cls.storage)
+        cls.addClassCleanup(cls.storage.delete_prefix, "")  # type: ignore[attr-defined]
+
+    def missing_bucket_storage(self) -> StorageBackend:
+        return self.make_storage(unique_bucket("missing"))
+
+
+def _s3_options(server: servers.Server, **overrides: str) -> Dict[str, str]:
+    opts = {"endpoint_url": server.endpoint_url, "region": servers.S3_REGION,  # type: ignore[attr-defined]
+            "aws_access_key_id": servers.S3_ACCESS_KEY,
+            "aws_secret_access_key": servers.S3_SECRET_KEY}
+    opts.update(overrides)
+    return opts
+
+
+def _seaweed_refusals(make) -> List[Tuple[str, StorageBackend]]:
+    """Storages on SeaweedFS (which checks keys) with a wrong secret and an unknown key."""
+    sw = servers.seaweedfs()
+    return [("wrong secret key", make(sw, "testing", "wrong-secret")),
+            ("unknown access key", make(sw, "nobody", "testing"))]
+
+
+class MotoS3Fixture(_RemoteFixture):
+    bucket_tag = "s3"
+    multipart_etag = True
+
+    @classmethod
+    def make_storage(cls, bucket: str) -> StorageBackend:
+        from cloudpool.storage.s3 import S3Storage
+        return S3Storage(bucket, **_s3_options(servers.moto_s3()))
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        storage.client.create_bucket(Bucket=storage.bucket)  # type: ignore[attr-defined]
+
+    def bad_credentials_storages(self) -> List[Tuple[str, StorageBackend]]:
+        from cloudpool.storage.s3 import S3Storage
+        bucket = self.storage.bucket
+        return _seaweed_refusals(lambda sw, key, secret: S3Storage(
+            bucket, **_s3_options(sw, aws_access_key_id=key, aws_secret_access_key=secret)))
+
+
+class COSOnMotoFixture(_RemoteFixture):
+    bucket_tag = "cos"
+    multipart_etag = True
+
+    @classmethod
+    def make_storage(cls, bucket: str) -> StorageBackend:
+        from cloudpool.storage.cos import COSStorage
+        return COSStorage(bucket, endpoint_url=servers.moto_s3().endpoint_url,
+                          access_key_id=servers.S3_ACCESS_KEY, secret_access_key=servers.S3_SECRET_KEY)
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        storage.client.create_bucket(Bucket=storage.bucket)  # type: ignore[attr-defined]
+
+    def bad_credentials_storages(self) -> List[Tuple[str, StorageBackend]]:
+        from cloudpool.storage.cos import COSStorage
+        bucket = self.storage.bucket
+        return _seaweed_refusals(lambda sw, key, secret: COSStorage(
+            bucket, endpoint_url=sw.endpoint_url, access_key_id=key, secret_access_key=secret))
+
+
+class SeaweedFSS3Fixture(_RemoteFixture):
+    bucket_tag = "sw"
+    multipart_etag = True
+
+    @classmethod
+    def make_storage(cls, bucket: str) -> StorageBackend:
+        from cloudpool.storage.s3 import S3Storage
+        return S3Storage(bucket, **_s3_options(servers.seaweedfs()))
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        storage.client.create_bucket(Bucket=storage.bucket)  # type: ignore[attr-defined]
+
+    def bad_credentials_storages(self) -> List[Tuple[str, StorageBackend]]:
+        from cloudpool.storage.s3 import S3Storage
+        bucket = self.storage.bucket
+        return _seaweed_refusals(lambda sw, key, secret: S3Storage(
+            bucket, **_s3_options(sw, aws_access_key_id=key, aws_secret_access_key=secret)))
+
+
+class GCSFixture(_RemoteFixture):
+    bucket_tag = "gcs"
+
+    @classmethod
+    def make_storage(cls, bucket: str) -> StorageBackend:
+        from cloudpool.storage.gcs import GCSStorage
+        return GCSStorage(bucket, endpoint_url=servers.fake_gcs().endpoint_url, project="test")
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        storage.client.create_bucket(storage.bucket)  # type: ignore[attr-defined]
+
+
+class AzureFixture(_RemoteFixture):
+    bucket_tag = "az"
+
+    @classmethod
+    def make_storage(cls, bucket: str) -> StorageBackend:
+        from cloudpool.storage.azure import AzureBlobStorage
+        return AzureBlobStorage(bucket, connection_string=servers.azurite().connection_string)
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        storage.container.create_container()  # type: ignore[attr-defined]
+
+    def bad_credentials_storages(self) -> List[Tuple[str, StorageBackend]]:
+        from cloudpool.storage.azure import AzureBlobStorage
+        az = servers.azurite()
+        wrong_key = az.connection_string.replace(servers.AZURITE_KEY, "d3Jvbmcga2V5" * 8)
+        return [("wrong account key", AzureBlobStorage(self.storage.bucket, connection_string=wrong_key))]
+
+
+class HTTPFixture:
+    """A directory served by the Range HTTP server; objects are written as files."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        from cloudpool.storage.http import HTTPStorage
+
+        cls.served_dir = tempfile.mkdtemp(prefix="cloudpool-http-")
+        cls.addClassCleanup(shutil.rmtree, cls.served_dir, ignore_errors=True)  # type: ignore[attr-defined]
+        server = servers.http_server(cls.served_dir)
+        cls.storage = HTTPStorage(f"{server.host}:{server.port}")
+
+    def seed(self, key: str, data: bytes) -> None:
+        path = os.path.join(self.served_dir, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+# ============================================================================ generation
+REMOTE = (ReadContract, ListContract, PagedListContract, WriteContract, MissingBucketContract)
+
+
+def make_storage_tests(namespace: dict, name: str, fixture: type, contracts: Tuple[type, ...],
+                       extra: Tuple[type, ...] = ()) -> type:
+    """One ``TestCase`` class: the fixture, then the contracts, then any extra tests."""
+    cls = type(name, (fixture, *extra, *contracts, unittest.TestCase),
+               {"__module__": namespace["__name__"], "__qualname__": name})
+    namespace[name] = cls
+    return cls
+
+
+class S3PaginationExtras(StorageTestBase):
+    """S3 API: real >1000-key pages and DeleteObjects chunking (on SeaweedFS: moto takes
+    ~5 ms a PUT, so seeding 1003 keys there would cost seconds more)."""
+
+    def test_more_than_1000_keys(self) -> None:
+        keys = [self.key(f"many/{i:05d}") for i in range(1003)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda k: self.storage.put(k, b""), keys))
+        calls: Dict[str, int] = {"ListObjectsV2": 0, "DeleteObjects": 0}
+
+        def count(model, **_kwargs) -> None:
+            calls[model.name] = calls.get(model.name, 0) + 1
+
+        events = self.storage.client.meta.events  # type: ignore[attr-defined]
+        events.register("before-call.s3", count)
+        try:
+            it = self.storage.list(self.key("many/"))
+            self.assertEqual(next(it).key, keys[0])
+            self.assertEqual(calls["ListObjectsV2"], 1)  # one page so far
+            rest = [i.key for i in it]
+            self.assertEqual(rest, keys[1:])
+            self.assertEqual(calls["ListObjectsV2"], 2)
+            self.storage.delete(keys)
+            self.assertEqual(calls["DeleteObjects"], 2)  # 1000 + 3
+        finally:
+            events.unregister("before-call.s3", count)
+        self.assertEqual(list(self.storage.list(self.key("many/"))), [])
+
+
+class MotoS3Extras(StorageTestBase):
+    """S3 on moto: the endpoint from the environment; credentials kept secret."""
+
+    def test_endpoint_from_environment(self) -> None:
+        from cloudpool.storage.s3 import S3Storage
+        k = self.key("via-env")
+        self.storage.put(k, b"env")
+        moto = servers.moto_s3()
+        with mock.patch.dict(os.environ, moto.env):
+            st = S3Storage(self.storage.bucket)  # no options at all: the SDK's chain
+            self.assertEqual(st.get(k), b"env")
+            self.assertEqual(st.client.meta.endpoint_url, moto.endpoint_url)
+
+    def test_credentials_are_secret(self) -> None:
+        opts = self.storage.public_options()
+        self.assertEqual(set(opts), {"endpoint_url", "region"})
+        self.assertNotIn(servers.S3_SECRET_KEY, json.dumps(opts))
+
+
+class COSExtras(StorageTestBase):
+    def test_region_names_the_public_endpoint(self) -> None:
+        from cloudpool.storage.cos import COSStorage
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+        with mock.patch.dict(os.environ, env, clear=True):
+            st = COSStorage("b-name", region="eu-de", access_key_id="a", secret_access_key="b")
+            # Building a client sends no request.
+            self.assertEqual(st.client.meta.endpoint_url,
+                             "https://s3.eu-de.cloud-object-storage.appdomain.cloud")
+
+    def test_iam_and_hmac_are_exclusive_and_secret(self) -> None:
+        from cloudpool.storage.cos import COSStorage
+        with self.assertRaises(ValueError):
+            COSStorage("b-name", api_key="k", access_key_id="a", secret_access_key="b")
+        st = COSStorage("b-name", api_key="k", service_instance_id="crn:x", region="us-south")
+        self.assertEqual(st.public_options(), {"service_instance_id": "crn:x", "region": "us-south"})
+
+
+class GCSExtras(StorageTestBase):
+    def test_emulator_from_environment(self) -> None:
+        from cloudpool.storage.gcs import GCSStorage
+        k = self.key("via-env")
+        self.storage.put(k, b"env")
+        with mock.patch.dict(os.environ, servers.fake_gcs().env):
+            st = GCSStorage(self.storage.bucket)
+            self.assertEqual(st.get(k), b"env")
+            self.assertEqual([i.key for i in st.list(self.prefix)], [k])
+
+
+class AzureExtras(StorageTestBase):
+    def test_connection_string_from_environment(self) -> None:
+        from cloudpool.storage.azure import AzureBlobStorage
+        k = self.key("via-env")
+        self.storage.put(k, b"env")
+        with mock.patch.dict(os.environ, servers.azurite().env):
+            st = AzureBlobStorage(self.storage.bucket)
+            self.assertEqual(st.get(k), b"env")
+
+    def test_connection_string_is_secret(self) -> None:
+        self.assertEqual(self.storage.public_options(), {})
+
+    def test_batch_delete_in_chunks(self) -> None:
+        keys = [self.key(f"b{i:02d}") for i in range(11)]
+        for k in keys:
+            self.storage.put(k, b"")
+        # Chunks of 4 (the service's limit is 256): 4 + 4 + 3, one key missing.
+        with mock.patch.object(self.storage, "delete_batch_size", 4):
+            self.storage.delete(keys[:5] + [self.key("never-existed")] + keys[5:])
+        self.assertEqual(list(self.storage.list(self.prefix)), [])
+
+
+class HTTPExtras(StorageTestBase):
+    def test_url_is_scheme_host_port_path(self) -> None:
+        from cloudpool.storage import storage_for
+        self.seed(self.key("f.bin"), b"abc")
+        url = self.storage.url(self.key("f.bin"))
+        st, key = storage_for(url)
+        self.assertEqual((st.bucket, key), (self.storage.bucket, self.key("f.bin")))
+        self.assertEqual(st.get(key, 1), b"bc")
+
+    def test_server_that_ignores_range(self) -> None:
+        self.seed(self.key("f.bin"), b"0123456789")
+        k = self.key("f.bin")
+        # Strip the Range header on the way out: the server answers 200 with everything.
+        real = self.storage.session.request
+
+        def no_range(method, url, headers=None, **kw):
+            return real(method, url, headers=None, **kw)
+
+        with mock.patch.object(self.storage.session, "request", no_range):
+            self.assertEqual(self.storage.get(k, 3, 6), b"345")
+
+
+make_storage_tests(globals(), "LocalDiskStorageTest", LocalDiskFixture,
+                   (ReadContract, ListContract, WriteContract))
+make_storage_tests(globals(), "MotoS3StorageTest", MotoS3Fixture, REMOTE + (BadCredentialsContract,),
+                   (MotoS3Extras,))
+make_storage_tests(globals(), "COSOnMotoStorageTest", COSOnMotoFixture, REMOTE + (BadCredentialsContract,),
+                   (COSExtras,))
+make_storage_tests(globals(), "SeaweedFSS3StorageTest", SeaweedFSS3Fixture, REMOTE + (BadCredentialsContract,),
+                   (S3PaginationExtras,))
+make_storage_tests(globals(), "GCSStorageTest", GCSFixture, REMOTE, (GCSExtras,))
+make_storage_tests(globals(), "AzureStorageTest", AzureFixture, REMOTE + (BadCredentialsContract,),
+                   (AzureExtras,))
+make_storage_tests(globals(), "HTTPStorageTest", HTTPFixture, (ReadContract, ReadOnlyContract),
+                   (HTTPExtras,))
+
+
+class SecretOptionsTest(unittest.TestCase):
+    """Credentials are declared secret on every backend, so they never reach a payload."""
+
+    def test_declared_secrets(self) -> None:
+        expected = {
+            "s3": {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"},
+            "cos": {"access_key_id", "secret_access_key", "api_key"},
+            "az": {"connection_string", "credential"},
+            "gs": set(),
+            "http": {"headers"},
+            "https": {"headers"},
+            "file": set(),
+        }
+        for scheme, secrets in expected.items():
+            with self.subTest(scheme=scheme):
+                cls = storages.get(scheme)
+                self.assertEqual(set(cls.secret_option_names), secrets)
+                self.assertLessEqual(set(cls.secret_option_names), set(cls.option_names))
+
+    def test_unknown_option_is_rejected(self) -> None:
+        for scheme in ("s3", "cos", "gs", "az", "http"):
+            with self.subTest(scheme=scheme):
+                with self.assertRaises(ValueError):
+                    storages.get(scheme)("bucket", no_such_option=1)
+
+
+if __name__ == "__main__":
+    unittest.main()
