@@ -110,7 +110,13 @@ def failing_init():
 
 
 class TempStorageMixin:
-    """Each test gets its own local 'bucket' directory."""
+    """Each test gets its own local 'bucket' directory (scratch files go there too).
+
+    Subclasses for remote stores (tests/test_executor_remote_storage.py) override
+    ``storage_url`` and ``storage_config`` to run the same tests through S3, GCS, ...
+    """
+
+    storage_config: dict = {}
 
     def setUp(self):
         super().setUp()
@@ -123,13 +129,18 @@ class TempStorageMixin:
 
     def executor(self, *args, **kwargs):
         kwargs.setdefault("storage", self.storage_url)
-        return CloudPoolExecutor(*args, **kwargs)
+        config = dict(self.storage_config)
+        config.update(kwargs.pop("config", {}))
+        return CloudPoolExecutor(*args, config=config, **kwargs)
 
     def stored_files(self):
-        out = []
-        for d, _s, files in os.walk(self._tmp.name):
-            out.extend(os.path.relpath(os.path.join(d, f), self._tmp.name) for f in files)
-        return sorted(out)
+        """Keys under the test's storage URL, relative to it."""
+        from cloudpool.storage import storage_for
+
+        scheme = self.storage_url.split("://", 1)[0]
+        backend, root = storage_for(self.storage_url, self.storage_config.get(scheme, {}))
+        root = root.rstrip("/") + "/"
+        return sorted(info.key[len(root):] for info in backend.list(root))
 
 
 class SemanticsTest(TempStorageMixin, unittest.TestCase):
