@@ -276,7 +276,11 @@ class Manager(threading.Thread):
     def _pickle_calls(self, calls: List[Call]) -> List[Call]:
         """Fill ``call.pickled``; fail (and drop) calls whose arguments cannot be pickled."""
         fresh = [c for c in calls if c.pickled is None]
-        if fresh:
+        if len(fresh) == 1:
+            # A lone call is pickled straight to bytes: no staging buffer to copy from.
+            fresh[0].pickled = self._pickle_one(fresh[0])
+            fresh[0].payload = None
+        elif fresh:
             try:
                 blob, offsets = protocol.dumps_each([c.payload for c in fresh])
                 view = memoryview(blob)
@@ -284,16 +288,20 @@ class Manager(threading.Thread):
                     c.pickled = view[offsets[i]:offsets[i + 1]]
             except BaseException:  # noqa: BLE001 - find the culprit(s) one by one
                 for c in fresh:
-                    try:
-                        c.pickled = protocol.dumps(c.payload)
-                    except BaseException as exc:  # noqa: BLE001 - that call's error
-                        if hasattr(exc, "add_note"):
-                            exc.add_note("cloudpool: the call's arguments could not be pickled")
-                        _settle(c.future, exc=exc)
-                        c.pickled = None
+                    c.pickled = self._pickle_one(c)
             for c in fresh:
                 c.payload = None  # the pickled form is all we keep
         return [c for c in calls if c.pickled is not None]
+
+    @staticmethod
+    def _pickle_one(call: Call) -> Optional[bytes]:
+        try:
+            return protocol.dumps(call.payload)
+        except BaseException as exc:  # noqa: BLE001 - that call's error
+            if hasattr(exc, "add_note"):
+                exc.add_note("cloudpool: the call's arguments could not be pickled")
+            _settle(call.future, exc=exc)
+            return None
 
     def _invoke(self, job: Job, calls: List[Call]) -> None:
         if not job.uploaded and job.error is None:
@@ -308,7 +316,8 @@ class Manager(threading.Thread):
         offsets = [0]
         for c in calls:
             offsets.append(offsets[-1] + len(c.pickled))
-        blob = b"".join(c.pickled for c in calls)
+        # One call (the common case for big arguments): no copy into a joined buffer.
+        blob = calls[0].pickled if len(calls) == 1 else b"".join(c.pickled for c in calls)
         number = job.next_batch
         job.next_batch += 1
         batch = Batch(job, number, calls, blob, offsets)

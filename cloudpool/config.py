@@ -27,13 +27,15 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
-import yaml
-
 from .errors import ConfigError
 
 ENV_PREFIX = "CLOUDPOOL_"
-#: Environment variables with the prefix that are not settings.
-_ENV_NOT_SETTINGS = {"CLOUDPOOL_CONFIG"}
+#: Environment variables with the prefix that are not settings (read where they are used).
+_ENV_NOT_SETTINGS = {"CLOUDPOOL_CONFIG", "CLOUDPOOL_REDIS_URL", "CLOUDPOOL_RUNTIME_TOKEN",
+                     "CLOUDPOOL_KNATIVE_TOKEN"}
+#: Sections that belong to neither a backend nor a storage scheme.
+#: 'redis': cloudpool.multiprocessing's shared state, ``{url: redis://host:port/db}``.
+_EXTRA_SECTIONS = {"redis"}
 
 
 def _default_storage() -> str:
@@ -115,6 +117,8 @@ SETTINGS: Dict[str, Setting] = {
 
 def _parse_env_value(raw: str) -> Any:
     """Env values are YAML scalars: ``10`` -> 10, ``true`` -> True, ``null`` -> None."""
+    import yaml  # here, not at the top: most processes never need it (import cost ~15 ms)
+
     try:
         return yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -135,6 +139,8 @@ def _load_file(path: str, explicit: bool) -> Dict[str, Any]:
         if explicit:
             raise ConfigError(f"CLOUDPOOL_CONFIG names {path!r}, which does not exist")
         return {}
+    import yaml
+
     with open(path, "r", encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f)
@@ -179,7 +185,7 @@ def known_sections() -> set:
     from .compute import backends
     from .storage import storages
 
-    return set(backends.names()) | set(storages.names())
+    return set(backends.names()) | set(storages.names()) | _EXTRA_SECTIONS
 
 
 def load_config(overrides: Optional[Mapping[str, Any]] = None,

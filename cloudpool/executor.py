@@ -8,7 +8,7 @@ calls to the executor's manager thread (``_manager``), which does everything els
 from __future__ import annotations
 
 import itertools
-import secrets
+import os
 import sys
 import threading
 import time
@@ -27,6 +27,9 @@ __all__ = ["CloudPoolExecutor", "CloudFuture"]
 
 _global_shutdown = False
 _live_managers: "weakref.WeakSet[_manager.Manager]" = weakref.WeakSet()
+# A forked local worker inherits this set; at its exit multiprocessing runs the threading
+# exit hooks, which must not try to join copies of the parent's manager threads.
+os.register_at_fork(after_in_child=_live_managers.clear)
 
 
 def _python_exit() -> None:
@@ -42,6 +45,10 @@ def _python_exit() -> None:
 
 
 threading._register_atexit(_python_exit)
+
+
+#: ``map`` hands its calls to the manager in groups of this many.
+_HANDOFF_EVERY = 256
 
 
 class CloudFuture(Future):
@@ -145,7 +152,7 @@ class CloudPoolExecutor(Executor):
         caps = self._backend.capabilities
         self._max_workers = caps.max_concurrency
 
-        self._executor_id = "cp-" + secrets.token_hex(8)
+        self._executor_id = "cp-" + os.urandom(8).hex()  # unguessable job keys
         self._keys = protocol.Keys(root, self._executor_id)
         self._event_base = {
             "protocol": protocol.PROTOCOL_VERSION,
@@ -170,6 +177,11 @@ class CloudPoolExecutor(Executor):
         """Truthy once the executor is unusable (mirrors the stdlib attribute)."""
         m = self._manager
         return False if m is None or m.broken is None else str(m.broken)
+
+    @property
+    def max_workers(self) -> int:
+        """How many calls can run at once (the backend's concurrency)."""
+        return self._max_workers
 
     @property
     def executor_id(self) -> str:
@@ -236,7 +248,13 @@ class CloudPoolExecutor(Executor):
             f._manager_ref = ref
             futures.append(f)
             calls.append(_manager.Call(f, job, payload))
-        m.add(calls)
+            if len(calls) >= _HANDOFF_EVERY:
+                # Hand calls over as we go, so workers start while a big map is still
+                # creating its futures.
+                m.add(calls)
+                calls = []
+        if calls:
+            m.add(calls)
         return futures
 
     # ------------------------------------------------------------------ Executor API

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from importlib.metadata import entry_points
 from typing import Dict, Generic, Optional, Tuple, Type, TypeVar
 
 from .errors import MissingDependencyError
@@ -44,6 +43,9 @@ class Registry(Generic[T]):
         if self._entry_points_read:
             return
         self._entry_points_read = True
+        # Imported here: importlib.metadata costs ~20 ms and most runs never need it.
+        from importlib.metadata import entry_points
+
         for ep in entry_points(group=self.entry_point_group):
             if ep.name not in self._known and ep.name not in self._loaded:
                 self._known[ep.name] = (ep.value, None)

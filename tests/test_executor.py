@@ -105,6 +105,11 @@ def get_state():
     return _INIT_STATE["value"], os.getpid()
 
 
+def get_state_pid_after(delay_ms):
+    time.sleep(delay_ms / 1000)
+    return delay_ms, os.getpid()
+
+
 def failing_init():
     raise RuntimeError("initializer exploded")
 
@@ -228,6 +233,12 @@ class SemanticsTest(TempStorageMixin, unittest.TestCase):
                 ex.submit(square, 1)
         finally:
             ex.shutdown()
+
+    def test_max_tasks_per_child_gives_fresh_processes_and_loses_nothing(self):
+        with self.executor(3, max_tasks_per_child=1) as ex:
+            pids = [pid for _value, pid in ex.map(get_state_pid_after, range(12))]
+        self.assertEqual(len(pids), 12)
+        self.assertEqual(len(set(pids)), 12)  # every call in a process of its own
 
     def test_shutdown_removes_job_data_unless_kept(self):
         with self.executor(2) as ex:

@@ -82,8 +82,9 @@ def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
         else:
             calls_run += summary.get("calls", 0)
         del event
-        conn.send(("done", inv))
-        if max_tasks is not None and calls_run >= max_tasks:
+        retiring = max_tasks is not None and calls_run >= max_tasks
+        conn.send(("done", inv, retiring))
+        if retiring:
             return  # the backend starts a fresh process when it needs one
 
 
@@ -147,7 +148,8 @@ class LocalBackend(ComputeBackend):
             can_cancel=True,
             notifies=self._notices,
             batch_target_seconds=0.02,
-            max_batch_calls=self._max_tasks,
+            # One call per invocation, so no batch runs past a worker's allowance.
+            max_batch_calls=1 if self._max_tasks is not None else None,
         )
 
     def describe(self) -> Dict[str, Any]:
@@ -289,6 +291,8 @@ class LocalBackend(ComputeBackend):
             with self._lock:
                 self._where.pop(message[1], None)
                 worker.inv = None
+                if message[2]:
+                    worker.kill_reason = "retired"  # exiting: never hand it another invocation
                 self._dispatch_locked()
 
     def _bury(self, worker: _Worker) -> None:

@@ -7,9 +7,11 @@ never sees half an object -- the property S3 gives for free.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
+import threading
 from typing import Iterable, Iterator, Optional
 
 from .base import Bytes, ObjectInfo, StorageBackend
@@ -90,7 +92,9 @@ class LocalStorage(StorageBackend):
         # Walk only the deepest directory the prefix names completely.
         top_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         found = []
-        for dirpath, _dirnames, filenames in os.walk(self._path(top_rel)):
+        for dirpath, dirnames, filenames in os.walk(self._path(top_rel)):
+            # Directories being deleted in the background are not part of the store.
+            dirnames[:] = [d for d in dirnames if _TMP_MARK not in d]
             rel_dir = os.path.relpath(dirpath, self._root)
             rel_dir = "" if rel_dir == "." else rel_dir + "/"
             for name in filenames:
@@ -118,10 +122,34 @@ class LocalStorage(StorageBackend):
         return None
 
     def delete_prefix(self, prefix: str) -> int:
-        # A prefix that names a directory is removed in one go (and its empty dirs with it).
+        # A prefix that names a directory is renamed away at once (so it is gone for every
+        # reader) and the files are unlinked in the background: removing a job's few
+        # files and folders costs milliseconds of disk metadata work that nobody waits for.
         path = self._path(prefix)
         if prefix.endswith("/") and os.path.isdir(path):
             count = sum(len(files) for _d, _s, files in os.walk(path))
-            shutil.rmtree(path, ignore_errors=True)
+            trash = f"{path.rstrip('/')}{_TMP_MARK}trash-{secrets.token_hex(4)}"
+            os.rename(path, trash)
+            _remove_in_background(trash)
             return count
         return super().delete_prefix(prefix)
+
+
+_removers: list = []
+_removers_lock = threading.Lock()
+
+
+def _remove_in_background(path: str) -> None:
+    thread = threading.Thread(target=shutil.rmtree, args=(path, True), name="cloudpool-rmtree", daemon=True)
+    with _removers_lock:
+        _removers[:] = [t for t in _removers if t.is_alive()]
+        _removers.append(thread)
+    thread.start()
+
+
+@atexit.register
+def _finish_removals() -> None:
+    with _removers_lock:
+        pending = list(_removers)
+    for thread in pending:
+        thread.join()
