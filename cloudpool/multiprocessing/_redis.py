@@ -17,7 +17,10 @@ This module owns:
   either leaves the queue or consumes the token it was already handed;
 - turning redis-py's errors into stdlib ones (``ConnectionError``/``TimeoutError``).
 
-Keys live under ``cloudpool:mp:<scope>:<id>:`` so ``redis-cli --scan --pattern
+Needs Redis >= 6.2 (``BLMOVE``, ``LPOS``); Redis Cluster is not supported (the Lua
+scripts touch waiter keys they do not declare).
+
+Keys live under ``cloudpool:mp:<kind>:<id>:`` so ``redis-cli --scan --pattern
 'cloudpool:mp:*'`` shows everything cloudpool created; a ``Manager`` scopes its objects
 under its own id and deletes them on ``shutdown()``.
 """
@@ -154,9 +157,10 @@ def client_for(url: str):
         with _clients_lock:
             c = _clients.get(url)
             if c is None:
-                # No socket timeout: blocking commands carry their own server-side timeout.
-                c = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=10,
-                                         health_check_interval=30)
+                # Every blocking command here waits at most WAIT_SLICE server-side, so a
+                # socket silent for much longer means a dead server or network, not a wait.
+                c = redis.Redis.from_url(url, socket_timeout=WAIT_SLICE + 30, socket_connect_timeout=10,
+                                         socket_keepalive=True, health_check_interval=30)
                 _clients[url] = c
     return c
 
@@ -171,6 +175,12 @@ def translate_errors(method: F) -> F:
             return method(self, *args, **kwargs)
         except redis.exceptions.TimeoutError as exc:
             raise TimeoutError(f"Redis at {_safe_url(self._ref.url)} did not answer in time: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if "unknown command" in str(exc).lower():
+                raise RuntimeError(
+                    f"the Redis server at {_safe_url(self._ref.url)} is too old for "
+                    f"cloudpool.multiprocessing, which needs Redis >= 6.2: {exc}") from exc
+            raise
         except redis.exceptions.ConnectionError as exc:
             raise SharedStateConnectionError(
                 f"cannot reach the Redis server at {_safe_url(self._ref.url)} that holds "
@@ -371,7 +381,7 @@ class SharedObject:
 # ---------------------------------------------------------------------------- waiting
 #: A waiter's lease: a waiter that has not renewed it for this long is presumed dead
 #: (killed while blocked) and skipped by wake-one operations, so it swallows no release.
-LEASE_MS = 10_000
+LEASE_MS = 6_000
 
 #: Lua helpers every script starts with; ``ARGV[1]`` is the time-to-live in ms (0: none).
 LUA_PRELUDE = """

@@ -87,7 +87,7 @@ class CloudPoolContext:
 
         executor = CloudPoolExecutor(**self._full_executor_options())
         try:
-            return int(executor._max_workers)
+            return int(executor.max_workers)
         finally:
             executor.shutdown(wait=False)
 

@@ -53,8 +53,7 @@ import weakref
 from concurrent.futures import Future
 from multiprocessing import TimeoutError
 from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
-from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Set,
-                    Tuple)
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import cloudpickle
 
@@ -167,8 +166,6 @@ class _Completions:
     and nothing is unfinished.
     """
 
-    _WAKE = object()
-
     def __init__(self, name: str) -> None:
         self.name = name
         self.queue: "collections.deque[Any]" = collections.deque()
@@ -191,10 +188,20 @@ class _Completions:
     def post(self, handler: Callable[[Any], None], arg: Any) -> None:
         with self.cond:
             self.queue.append((handler, arg))
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self.thread.start()
             self.cond.notify_all()
+            if self.thread is not None and self.thread.is_alive():
+                return
+            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                # Interpreter shutdown forbids new threads: deliver here instead (the
+                # executor's manager thread, finishing its last calls).
+                self.queue.pop()
+            else:
+                self.thread = thread
+                return
+        handler(arg)
 
     def stop(self, when_idle: Optional[Callable[[], None]] = None) -> None:
         """No new results will come: end the thread once the unfinished ones are done."""
@@ -614,12 +621,11 @@ class Pool:
                     options.setdefault("start_method", method)
                 if maxtasksperchild is not None:
                     options.setdefault("max_tasks_per_child", maxtasksperchild)
-                    _use_lifetime_backend(options)
         self._maxtasksperchild = maxtasksperchild
         self._executor = CloudPoolExecutor(max_workers=processes, initializer=initializer,
                                            initargs=tuple(initargs), **options)
         # The backend's real concurrency (processes=None lets the backend choose).
-        self._processes: int = self._executor._max_workers
+        self._processes: int = self._executor.max_workers
         self._name = f"cloudpool-Pool-{next(_pool_counter)}"
         self._completions = _Completions(self._name)
         self._tasks: Dict[Tuple[str, int], Tuple[Callable[[], Any], _Task]] = {}
@@ -834,13 +840,3 @@ def _backend_name(options: Mapping[str, Any]) -> str:
         return options["backend"]
     overrides = dict(options.get("config") or {})
     return load_config(overrides)["backend"]
-
-
-def _use_lifetime_backend(options: Dict[str, Any]) -> None:
-    """Run on ``_local_lifetime``'s backend (see there why), keeping the ``local`` config section."""
-    from . import _local_lifetime
-
-    overrides = dict(options.get("config") or {})
-    for key, value in load_config(overrides).section("local").items():
-        options.setdefault(key, value)
-    options["backend"] = _local_lifetime.NAME

@@ -178,32 +178,36 @@ class Process:
             _children.discard(self)
 
     def _on_done(self, _future: concurrent.futures.Future) -> None:
-        self._finish()
+        # Done-callbacks may run while the executor holds its own locks (a cancel()
+        # inside _terminate()): record the outcome only; join()/close()/GC shut it down.
+        self._finish(shutdown=False)
 
-    def _finish(self) -> None:
-        """Once the call is done: exit code, the child's traceback, executor shutdown."""
+    def _finish(self, shutdown: bool = True) -> None:
+        """Once the call is done: exit code, the child's traceback, then executor shutdown."""
         with self._finish_lock:
-            if self._finished or self._future is None:
+            if self._future is None:
                 return
-            self._finished = True
-            future = self._future
-            if future.cancelled():
-                code = -signal.SIGTERM
-            else:
-                exc = future.exception()
-                if exc is None:
-                    code = int(future.result())
-                elif self._stopped_with is not None:
-                    code = self._stopped_with
-                else:
-                    code = 1
-                    self._report(exc)
-            self._exitcode = code
-            executor = self._executor
+            if not self._finished:
+                self._finished = True
+                self._exitcode = self._outcome(self._future)
+            executor = None
+            if shutdown:
+                executor, self._executor = self._executor, None
         with _children_lock:
             _children.discard(self)
         if executor is not None:
             executor.shutdown(wait=False)
+
+    def _outcome(self, future: concurrent.futures.Future) -> int:
+        if future.cancelled():
+            return -signal.SIGTERM
+        exc = future.exception()
+        if exc is None:
+            return int(future.result())
+        if self._stopped_with is not None:
+            return self._stopped_with
+        self._report(exc)
+        return 1
 
     def _report(self, exc: BaseException) -> None:
         # As the stdlib's child does on an uncaught exception: "Process <name>:" + traceback.
