@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from . import _manager, protocol
 from .compute import backends
-from .compute import local as _local_backend  # noqa: F401 - the default; importing it here keeps cold starts short
+from .compute import local as _local_backend  # noqa: F401  (the default: imported up front so cold starts stay short)
 from .config import Config, load_config
 from .errors import BrokenCloudPool
 from .storage import get_storage, split_url
@@ -302,10 +302,7 @@ class CloudPoolExecutor(Executor):
         return itertools.chain.from_iterable(results)
 
     def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
-        objects_module = sys.modules.get("cloudpool.objects")
-        if objects_module is not None and isinstance(iterable, objects_module.Objects):
-            return iterable.with_parallelism(self._max_workers)
-        return iterable
+        return partitioned_for(iterable, self._max_workers)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -337,6 +334,17 @@ class CloudPoolExecutor(Executor):
     def __repr__(self) -> str:
         return (f"<CloudPoolExecutor {self._executor_id} backend={self._config['backend']!r} "
                 f"storage={self._config['storage']!r} max_workers={self._max_workers}>")
+
+
+def partitioned_for(iterable: Iterable[Any], parallelism: int) -> Iterable[Any]:
+    """An ``objects(...)`` input sized for ``parallelism`` workers; anything else unchanged.
+
+    Shared by ``CloudPoolExecutor.map`` and ``cloudpool.multiprocessing.Pool``.
+    """
+    objects_module = sys.modules.get("cloudpool.objects")  # never imported just to check
+    if objects_module is not None and isinstance(iterable, objects_module.Objects):
+        return iterable.with_parallelism(parallelism)
+    return iterable
 
 
 def _request_shutdown(manager: _manager.Manager) -> None:

@@ -570,3 +570,30 @@ class ContextTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PoolObjectsInputTest(unittest.TestCase):
+    """objects(...) handed to Pool.map / imap is partitioned for the pool's workers."""
+
+    def test_objects_partitioned_for_pool(self):
+        import tempfile
+
+        from cloudpool import objects
+        from cloudpool.multiprocessing import Pool
+
+        workers = (os.cpu_count() or 1) + 1  # differs from the default parallelism
+        with tempfile.TemporaryDirectory() as tmp:
+            data = b"".join(b"line %08d of the input\n" % i for i in range(800_000))  # ~19 MB
+            with open(os.path.join(tmp, "a.txt"), "wb") as f:
+                f.write(data)
+            with Pool(workers) as p:
+                sizes = p.map(_part_bytes, objects(tmp))
+                streamed = sorted(p.imap_unordered(_part_bytes, objects(tmp)))
+        self.assertEqual(sum(sizes), len(data))
+        self.assertEqual(sorted(sizes), streamed)
+        # Automatic sizing aims at 4 parts per worker of *this pool* (1 MiB floor).
+        self.assertEqual(len(sizes), 4 * workers)
+
+
+def _part_bytes(part):
+    return len(part.read())

@@ -59,7 +59,7 @@ import cloudpickle
 
 from .. import errors as _errors
 from ..config import load_config
-from ..executor import CloudPoolExecutor
+from ..executor import CloudPoolExecutor, partitioned_for
 
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
            "IMapUnorderedIterator", "ThreadPool", "RUN", "CLOSE", "TERMINATE"]
@@ -661,6 +661,7 @@ class Pool:
                    chunksize: Optional[int], callback: Optional[Callable[[Any], Any]],
                    error_callback: Optional[Callable[[BaseException], Any]]) -> MapResult:
         self._check_running()
+        iterable = partitioned_for(iterable, self._processes)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         if chunksize is None:
@@ -704,7 +705,8 @@ class Pool:
               ordered: bool) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
-        core = _IMapCore(self, self._task(func, mode), iterable, chunksize, ordered)
+        core = _IMapCore(self, self._task(func, mode), partitioned_for(iterable, self._processes),
+                         chunksize, ordered)
         self._iterators.add(core)
         return (IMapIterator if ordered else IMapUnorderedIterator)(self, core)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import os
 from enum import Enum
-import threading
 from typing import Any, BinaryIO, ClassVar, FrozenSet, Iterable, Iterator, Optional
 
 import requests
@@ -28,7 +27,7 @@ from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpRe
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from .base import Bytes, ObjectInfo, StorageBackend
+from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
 
 try:  # optional: the platform credential chain for account_url without a credential
     from azure.identity import DefaultAzureCredential
@@ -58,22 +57,14 @@ class AzureBlobStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
-        self._lock = threading.Lock()
-        self._container: Optional[ContainerClient] = None
-        self._container_pid: Optional[int] = None
+        self._container: PerProcess[ContainerClient] = PerProcess(
+            lambda: self._make_service().get_container_client(self.bucket))
 
     # ------------------------------------------------------------------ client
     @property
     def container(self) -> ContainerClient:
-        """The SDK's container client, created on first use and again after a fork."""
-        pid = os.getpid()
-        if self._container is not None and self._container_pid == pid:
-            return self._container
-        with self._lock:
-            if self._container is None or self._container_pid != pid:
-                self._container = self._make_service().get_container_client(self.bucket)
-                self._container_pid = pid
-            return self._container
+        """The SDK's container client, one per process (see ``PerProcess``)."""
+        return self._container.get()
 
     def _make_service(self) -> BlobServiceClient:
         session = requests.Session()

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, FrozenSet, Iterable, Iterator, Optional, Union
+from typing import (Any, BinaryIO, Callable, ClassVar, FrozenSet, Generic, Iterable, Iterator,
+                    Optional, TypeVar, Union)
+
+T = TypeVar("T")
 
 Bytes = Union[bytes, bytearray, memoryview]
 
@@ -33,6 +38,27 @@ class ObjectInfo:
     size: int
     etag: Optional[str] = None
     mtime: Optional[float] = None
+
+
+class PerProcess(Generic[T]):
+    """A value built on first use in each process: SDK clients and their pooled
+    connections must not be shared across a ``fork`` (the local backend forks workers)."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._value: Optional[T] = None
+        self._pid: Optional[int] = None
+
+    def get(self) -> T:
+        pid = os.getpid()
+        if self._pid == pid:
+            return self._value  # type: ignore[return-value]
+        with self._lock:
+            if self._pid != pid:
+                self._value = self._factory()
+                self._pid = pid
+            return self._value  # type: ignore[return-value]
 
 
 class StorageBackend(ABC):

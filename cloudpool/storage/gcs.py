@@ -11,7 +11,6 @@ it), the client sends no credentials at all (``AnonymousCredentials``).
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, ClassVar, FrozenSet, Iterable, Iterator, Optional
 
@@ -23,7 +22,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from .base import Bytes, ObjectInfo, StorageBackend
+from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
 
 __all__ = ["GCSStorage"]
 
@@ -47,9 +46,7 @@ class GCSStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
-        self._lock = threading.Lock()
-        self._client: Optional[storage.Client] = None
-        self._client_pid: Optional[int] = None
+        self._client: PerProcess[storage.Client] = PerProcess(self._make_client)
 
     # ------------------------------------------------------------------ client
     def _emulator(self) -> Optional[str]:
@@ -60,15 +57,8 @@ class GCSStorage(StorageBackend):
 
     @property
     def client(self) -> storage.Client:
-        """The SDK client, created on first use and again in a forked child process."""
-        pid = os.getpid()
-        if self._client is not None and self._client_pid == pid:
-            return self._client
-        with self._lock:
-            if self._client is None or self._client_pid != pid:
-                self._client = self._make_client()
-                self._client_pid = pid
-            return self._client
+        """The SDK client, one per process (see ``PerProcess``)."""
+        return self._client.get()
 
     def _make_client(self) -> storage.Client:
         endpoint = self.options.get("endpoint_url")

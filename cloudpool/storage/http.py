@@ -10,9 +10,7 @@ names, if it exists, and nothing otherwise. Nothing can be written: ``put`` and
 """
 from __future__ import annotations
 
-import os
 import re
-import threading
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, FrozenSet, Iterable, Iterator, NoReturn, Optional
 
@@ -20,7 +18,7 @@ import requests
 import requests.adapters
 from urllib3.util.retry import Retry
 
-from .base import Bytes, ObjectInfo, StorageBackend
+from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
 
 __all__ = ["HTTPStorage", "HTTPSStorage"]
 
@@ -39,34 +37,28 @@ class HTTPStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
-        self._lock = threading.Lock()
-        self._session: Optional[requests.Session] = None
-        self._session_pid: Optional[int] = None
+        self._session: PerProcess[requests.Session] = PerProcess(self._make_session)
         self._timeout = float(options.get("timeout", 60))
 
     # ------------------------------------------------------------------ session
     @property
     def session(self) -> requests.Session:
-        """A pooled session, one per process (pooled sockets must not cross a fork)."""
-        pid = os.getpid()
-        if self._session is not None and self._session_pid == pid:
-            return self._session
-        with self._lock:
-            if self._session is None or self._session_pid != pid:
-                session = requests.Session()
-                # GET and HEAD are idempotent: retry dropped connections and 5xx.
-                retry = Retry(total=4, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504),
-                              allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
-                adapter = requests.adapters.HTTPAdapter(
-                    pool_connections=4, pool_maxsize=self.max_pool_connections, max_retries=retry)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
-                # Ranges and sizes must refer to the stored bytes, not to a gzip of them.
-                session.headers["Accept-Encoding"] = "identity"
-                session.headers.update(self.options.get("headers") or {})
-                self._session = session
-                self._session_pid = pid
-            return self._session
+        """A pooled session, one per process (see ``PerProcess``)."""
+        return self._session.get()
+
+    def _make_session(self) -> requests.Session:
+        session = requests.Session()
+        # GET and HEAD are idempotent: retry dropped connections and 5xx.
+        retry = Retry(total=4, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504),
+                      allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=self.max_pool_connections, max_retries=retry)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        # Ranges and sizes must refer to the stored bytes, not to a gzip of them.
+        session.headers["Accept-Encoding"] = "identity"
+        session.headers.update(self.options.get("headers") or {})
+        return session
 
     def _request(self, method: str, key: str, headers: Optional[dict] = None) -> requests.Response:
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, ClassVar, Dict, FrozenSet, Iterable, Iterator, Optional
 
@@ -26,7 +25,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.utils
 
-from .base import Bytes, ObjectInfo, StorageBackend
+from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
 
 __all__ = ["S3Storage", "S3CompatibleStorage"]
 
@@ -109,9 +108,7 @@ class S3CompatibleStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._client_pid: Optional[int] = None
+        self._client: PerProcess[Any] = PerProcess(self._make_client)
 
     # ------------------------------------------------------------------ client
     def _client_kwargs(self) -> Dict[str, Any]:
@@ -130,28 +127,19 @@ class S3CompatibleStorage(StorageBackend):
 
     @property
     def client(self) -> Any:
-        """The SDK's S3 client, created on first use and again after a ``fork``.
+        """The SDK's S3 client, one per process (see ``PerProcess``)."""
+        return self._client.get()
 
-        A client's pooled connections must not be shared by two processes, and the
-        local backend forks workers, so the client is per process.
-        """
-        pid = os.getpid()
-        client = self._client
-        if client is not None and self._client_pid == pid:
-            return client
-        with self._lock:
-            if self._client is None or self._client_pid != pid:
-                # A Session per storage: boto3's default session is not thread-safe.
-                session = self.sdk.session_factory()
-                config = self.sdk.config_cls(**self._config_kwargs())
-                client = session.client("s3", config=config, **self._client_kwargs())
-                # After the SDK's own handler, which adds "Expect: 100-continue" to every
-                # PUT, even an empty one (RFC 9110 forbids that); SeaweedFS then answers
-                # without a 100 and the next request on that connection hangs.
-                client.meta.events.register_last("before-call.s3", self._no_continue_if_empty)
-                self._client = client
-                self._client_pid = pid
-            return self._client
+    def _make_client(self) -> Any:
+        # A Session per storage: boto3's default session is not thread-safe.
+        session = self.sdk.session_factory()
+        config = self.sdk.config_cls(**self._config_kwargs())
+        client = session.client("s3", config=config, **self._client_kwargs())
+        # After the SDK's own handler, which adds "Expect: 100-continue" to every
+        # PUT, even an empty one (RFC 9110 forbids that); SeaweedFS then answers
+        # without a 100 and the next request on that connection hangs.
+        client.meta.events.register_last("before-call.s3", self._no_continue_if_empty)
+        return client
 
     def _no_continue_if_empty(self, params: Dict[str, Any], **_kwargs: Any) -> None:
         headers = params.get("headers") or {}
