@@ -502,6 +502,58 @@ def write_results(basename: str, markdown: str, payload: Dict[str, Any]) -> List
     return [md_path, json_path]
 
 
+# ---------------------------------------------------------------------------- other drivers' children
+# ``run_measurement`` runs this module's own child cases. Benchmarks whose children need
+# other arguments (a Pool case, a data directory, a server's address) run their own script
+# as the child and use these two helpers, so the protocol stays the same everywhere.
+
+
+def small_work(x):
+    """A small, sleep-free CPU workload (~20 us): a few hundred integer operations."""
+    s = 0
+    for i in range(200):
+        s += (x ^ i) & 0xFF
+    return s
+
+
+def emit_result(out: Dict[str, Any]) -> None:
+    """Child side: print one measurement as the marked JSON line ``run_child`` looks for."""
+    sys.stdout.flush()
+    print(_RESULT_MARK + json.dumps(out), flush=True)
+
+
+def run_child(cmd: Sequence[str], timeout: float, label: str,
+              env_extra: Optional[Dict[str, str]] = None,
+              after: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+    """Run ``cmd`` (a child that calls ``emit_result``) in a fresh session; return its dict.
+
+    Same contract as ``run_measurement``: ``child_env()`` plus ``env_extra``, the whole
+    process group killed on a time-out, ``MeasurementError`` with the output's tail on
+    failure, ``after()`` run (outside any timing) once the child has exited.
+    """
+    env = child_env()
+    env.update(env_extra or {})
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=BENCH_DIR, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own child's session, nothing else
+        except ProcessLookupError:
+            pass
+        stdout, stderr = proc.communicate()
+        raise MeasurementError(f"{label}: no result within the {timeout:g} s time box") from None
+    finally:
+        if after is not None:
+            after()
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_RESULT_MARK):
+            return json.loads(line[len(_RESULT_MARK):])
+    tail = "\n".join((stdout + "\n" + stderr).strip().splitlines()[-15:])
+    raise MeasurementError(f"{label}: child exited with {proc.returncode}:\n{tail}")
+
+
 if __name__ == "__main__":
     # Run as a child: import this file again under its module name, so the workload
     # functions pickle as `_common.trivial` (by reference) for every peer rather than

@@ -99,8 +99,13 @@ class _Terminate:
     """Inbox message: stop everything now (``Pool.terminate``)."""
 
 
+class _Cancelled:
+    """Inbox message: a pending future was cancelled; tell its waiters now."""
+
+
 WAKE = _Wake()
 TERMINATE = _Terminate()
+CANCELLED = _Cancelled()
 
 
 class Manager(threading.Thread):
@@ -126,6 +131,7 @@ class Manager(threading.Thread):
         self._fetching = 0
         self.caps = backend.capabilities
         self.idle = True  # blocked on an empty inbox with nothing in flight
+        self._purge_needed = False
 
     # ------------------------------------------------------------------ user-thread API
     def add(self, calls: List[Call]) -> None:
@@ -139,6 +145,10 @@ class Manager(threading.Thread):
 
     def wake(self) -> None:
         self.inbox.put(WAKE)
+
+    def note_cancelled(self) -> None:
+        """A future was cancelled while pending (only then is the pending queue scanned)."""
+        self.inbox.put(CANCELLED)
 
     def terminate(self) -> None:
         """Cancel what is queued and stop what runs; unfinished futures fail, none hangs."""
@@ -202,11 +212,16 @@ class Manager(threading.Thread):
             try:
                 message = self.inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        if self._purge_needed:
+            self._purge_needed = False
+            self._purge_cancelled()
 
     def _handle(self, message: Any) -> None:
         if message is WAKE:
-            self._purge_cancelled()
+            return  # the loop dispatches after every batch of messages
+        elif message is CANCELLED:
+            self._purge_needed = True  # one scan after the inbox is drained, however many
         elif message is TERMINATE:
             self._stop_in_flight()
         elif isinstance(message, SegmentDone):
@@ -223,8 +238,6 @@ class Manager(threading.Thread):
     def _purge_cancelled(self) -> None:
         """Notify waiters of calls cancelled while pending, as soon as they are cancelled."""
         with self.pending_lock:
-            if not any(c.future.cancelled() for c in self.pending):
-                return
             keep = collections.deque()
             for call in self.pending:
                 if not call.started and call.future.cancelled():

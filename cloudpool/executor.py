@@ -72,7 +72,7 @@ class CloudFuture(Future):
         if cancelled and self._manager_ref is not None:
             manager = self._manager_ref()
             if manager is not None:
-                manager.wake()  # so waiters learn of it now, not at dispatch time
+                manager.note_cancelled()  # so waiters learn of it now, not at dispatch time
         return cancelled
 
 

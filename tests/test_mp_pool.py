@@ -28,7 +28,7 @@ from unittest import mock
 import cloudpool.multiprocessing as cmp
 from cloudpool.errors import InitializerError, WorkerLostError
 from cloudpool.multiprocessing import Pool
-from cloudpool.multiprocessing.pool import LOOKAHEAD_PER_WORKER
+from cloudpool.multiprocessing.pool import LOOKAHEAD_ITEMS_PER_WORKER, LOOKAHEAD_PER_WORKER
 
 from tests._cpython import ROOT
 
@@ -225,7 +225,9 @@ class ChunksizeTest(SharedPoolTestCase):
 # ---------------------------------------------------------------------------- lazy imap
 class LazyIMapTest(SharedPoolTestCase):
     def window_items(self, chunksize=1):
-        return LOOKAHEAD_PER_WORKER * self.processes * chunksize
+        chunks = max(2, LOOKAHEAD_PER_WORKER * self.processes,
+                     -(-LOOKAHEAD_ITEMS_PER_WORKER * self.processes // chunksize))
+        return chunks * chunksize
 
     def test_infinite_generator_with_islice(self):
         for method in (self.pool.imap, self.pool.imap_unordered):
