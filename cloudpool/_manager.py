@@ -375,8 +375,14 @@ class Manager(threading.Thread):
         elif inline_fetch or self._fetch_pool is None:
             self._apply(batch, status, self._fetch_result(status))
         else:
+            try:
+                self._fetch_pool.submit(self._fetch_async, inv, status)
+            except RuntimeError:
+                # At interpreter exit the stdlib's thread pools refuse new work (their
+                # exit hook runs before ours): fetch in this thread instead.
+                self._apply(batch, status, self._fetch_result(status))
+                return
             self._fetching += 1
-            self._fetch_pool.submit(self._fetch_async, inv, status)
 
     def _fetch_result(self, status: Dict[str, Any]) -> Any:
         try:

@@ -50,8 +50,11 @@ class _PipeHooks(worker_module.WorkerHooks):
 
 
 def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
-                 inherited: List[Any], parent_pid: int) -> None:
+                 inherited: List[Any]) -> None:
     """Body of one worker process."""
+    # The process that started us (the client, or a fork server): if it goes away we
+    # are re-parented, and nobody will ever read our results.
+    parent_pid = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
     for other in inherited:
         # A forked child holds copies of its siblings' parent-side pipe ends; closing
@@ -216,7 +219,7 @@ class LocalBackend(ComputeBackend):
         inherited = [w.conn for w in self._workers] + [self._wake_r, self._wake_w] if fork else []
         process = self._context.Process(
             target=_worker_main,
-            args=(child_conn, slot, list(sys.path), self._max_tasks, inherited, os.getpid()),
+            args=(child_conn, slot, list(sys.path), self._max_tasks, inherited),
             name="cloudpool-local-worker", daemon=True,
         )
         process.start()
