@@ -410,6 +410,29 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b
 
 
+def summarize_cases(args: Any, raw: Dict[str, Any], cases: Dict[str, Any], base: str,
+                    not_measured: Any) -> Dict[str, Any]:
+    """Per case: each peer's median/min/max, phase medians, import time, errors, and the
+    ratio of ``base`` to every other peer (``cases[name]`` is ``(..., calls, description)``;
+    ``not_measured(args, peer, case)`` says why a peer was left out, or None)."""
+    results: Dict[str, Any] = {}
+    for case in args.cases:
+        row: Dict[str, Any] = {"description": cases[case][2], "calls": cases[case][1], "peers": {}}
+        for peer in raw["peers"]:
+            outs = raw["samples"][case][peer]
+            entry = summarize(o["seconds"] for o in outs)
+            phases = sorted({k for o in outs for k in o.get("phases", {})})
+            entry["phase_medians"] = {k: summarize(o["phases"][k] for o in outs)["median"] for k in phases}
+            entry["import_seconds_median"] = summarize(o["import_seconds"] for o in outs)["median"]
+            entry["errors"] = raw["errors"][case][peer]
+            entry["not_measured"] = not_measured(args, peer, case)
+            row["peers"][peer] = entry
+        base_median = row["peers"][base]["median"]
+        row["ratios"] = {p: ratio(base_median, row["peers"][p]["median"]) for p in raw["peers"] if p != base}
+        results[case] = row
+    return results
+
+
 def fmt_seconds(x: Optional[float]) -> str:
     """3 significant digits, so 0.0412 and 47.5 read the same way."""
     if x is None:

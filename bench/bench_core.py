@@ -140,22 +140,7 @@ def run(args) -> Dict[str, Any]:
 
 
 def summarize(args, raw: Dict[str, Any]) -> Dict[str, Any]:
-    results: Dict[str, Any] = {}
-    for case in args.cases:
-        row: Dict[str, Any] = {"description": CASES[case][2], "calls": CASES[case][1], "peers": {}}
-        for peer in raw["peers"]:
-            outs = raw["samples"][case][peer]
-            entry = C.summarize(o["seconds"] for o in outs)
-            phases = sorted({k for o in outs for k in o.get("phases", {})})
-            entry["phase_medians"] = {k: C.summarize(o["phases"][k] for o in outs)["median"] for k in phases}
-            entry["import_seconds_median"] = C.summarize(o["import_seconds"] for o in outs)["median"]
-            entry["errors"] = raw["errors"][case][peer]
-            entry["not_measured"] = plan_for(args, peer, case)
-            row["peers"][peer] = entry
-        base = row["peers"][BASE]["median"]
-        row["ratios"] = {p: C.ratio(base, row["peers"][p]["median"]) for p in raw["peers"] if p != BASE}
-        results[case] = row
-    return results
+    return C.summarize_cases(args, raw, CASES, BASE, plan_for)
 
 
 def check_targets(results: Dict[str, Any], peers: List[str]) -> List[Dict[str, Any]]:

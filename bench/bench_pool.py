@@ -239,23 +239,8 @@ def run(args) -> Dict[str, Any]:
             "errors": errors, "wall_seconds": time.monotonic() - started}
 
 
-def summarize(args, raw) -> Dict[str, Any]:
-    results = {}
-    for case in args.cases:
-        row: Dict[str, Any] = {"description": CASES[case][2], "calls": CASES[case][1], "peers": {}}
-        for peer in raw["peers"]:
-            outs = raw["samples"][case][peer]
-            e = C.summarize(o["seconds"] for o in outs)
-            phases = sorted({k for o in outs for k in o.get("phases", {})})
-            e["phase_medians"] = {k: C.summarize(o["phases"][k] for o in outs)["median"] for k in phases}
-            e["import_seconds_median"] = C.summarize(o["import_seconds"] for o in outs)["median"]
-            e["errors"] = raw["errors"][case][peer]
-            e["not_measured"] = not_measured(args, peer, case)
-            row["peers"][peer] = e
-        base = row["peers"][BASE]["median"]
-        row["ratios"] = {p: C.ratio(base, row["peers"][p]["median"]) for p in raw["peers"] if p != BASE}
-        results[case] = row
-    return results
+def summarize(args, raw: Dict[str, Any]) -> Dict[str, Any]:
+    return C.summarize_cases(args, raw, CASES, BASE, not_measured)
 
 
 def render(args, raw, results) -> str:

@@ -19,7 +19,7 @@ from multiprocessing.sharedctypes import typecode_to_type
 from typing import Any, Iterator, List, Optional, Sequence, Union
 
 from ._redis import RedisRef, SharedObject, lost, translate_errors
-from .synchronize import Lock, RLock
+from .synchronize import Lock, LockDelegate, RLock
 
 __all__ = ["Value", "Array", "RawValue", "RawArray"]
 
@@ -56,25 +56,13 @@ def _resolve_lock(lock: Any, scope: Optional[RedisRef]) -> Optional[Lock]:
     )
 
 
-class _Synchronized:
+class _Synchronized(LockDelegate):
     """The lock methods of ``Value``/``Array`` (stdlib ``Synchronized*``)."""
 
     _lock: Lock
 
     def get_lock(self) -> Lock:
         return self._lock
-
-    def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
-        return self._lock.acquire(block, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return self._lock.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._lock.__exit__(*exc)
 
 
 class SharedValue(SharedObject):

@@ -264,7 +264,25 @@ return k
 """
 
 
-class Condition(SharedObject):
+class LockDelegate:
+    """Lock methods that forward to ``self._lock`` (Condition, and Value/Array's lock)."""
+
+    _lock: "Lock"
+
+    def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
+        return self._lock.acquire(block, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+
+class Condition(LockDelegate, SharedObject):
     """``multiprocessing.Condition`` over a shared ``Lock``/``RLock`` (an ``RLock`` by default)."""
 
     _kind = "condition"
@@ -286,17 +304,6 @@ class Condition(SharedObject):
         if _scope is None:
             self._own("a", "q")
 
-    def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
-        return self._lock.acquire(block, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return self._lock.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._lock.__exit__(*exc)
 
     @translate_errors
     def wait(self, timeout: Optional[float] = None) -> bool:
