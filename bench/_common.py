@@ -587,3 +587,23 @@ if __name__ == "__main__":
         _common.child_main(sys.argv[2:])
     else:
         sys.exit("usage: _common.py child PEER KIND N WORKERS  (run bench_core.py instead)")
+
+
+def log(msg: str) -> None:
+    """Progress lines go to stderr, so stdout carries only the result table."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def finish_case_args(parser: Any, args: Any, cases: Any, known_peers: Any, base: str) -> Any:
+    """Split ``--cases``/``--peers``, reject unknown names, apply ``--skip-lithops`` and
+    require ``base`` among the peers (every ratio is ``base`` / peer)."""
+    args.cases = [c for c in args.cases.split(",") if c]
+    args.peers = [x for x in args.peers.split(",") if x]
+    unknown = [c for c in args.cases if c not in cases] + [x for x in args.peers if x not in known_peers]
+    if unknown:
+        parser.error(f"unknown case(s)/peer(s): {', '.join(unknown)}")
+    if args.skip_lithops and "lithops" in args.peers:
+        args.peers.remove("lithops")
+    if base not in args.peers:
+        parser.error(f"{base} must be among --peers: every ratio is {base} / peer")
+    return args

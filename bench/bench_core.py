@@ -78,20 +78,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         a.lithops_max_calls = 20 if a.quick else 1000
     if a.lithops_repeat is None:
         a.lithops_repeat = a.repeat
-    a.cases = [c for c in a.cases.split(",") if c]
-    a.peers = [x for x in a.peers.split(",") if x]
-    unknown = [c for c in a.cases if c not in CASES] + [x for x in a.peers if x not in C.PEERS]
-    if unknown:
-        p.error(f"unknown case(s)/peer(s): {', '.join(unknown)}")
-    if a.skip_lithops and "lithops" in a.peers:
-        a.peers.remove("lithops")
-    if BASE not in a.peers:
-        p.error("cloudpool must be among --peers: every ratio is cloudpool / peer")
-    return a
+    return C.finish_case_args(p, a, CASES, C.PEERS, BASE)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = C.log
 
 
 def plan_for(args, peer: str, case: str) -> Optional[str]:

@@ -136,20 +136,10 @@ def parse_args(argv=None):
         a.lithops_max_calls = 20 if a.quick else 100
     if a.lithops_repeat is None:
         a.lithops_repeat = min(a.repeat, 1 if a.quick else 3)
-    a.cases = [c for c in a.cases.split(",") if c]
-    a.peers = [x for x in a.peers.split(",") if x]
-    bad = [c for c in a.cases if c not in CASES] + [x for x in a.peers if x not in PEER_ORDER]
-    if bad:
-        p.error("unknown case(s)/peer(s): " + ", ".join(bad))
-    if a.skip_lithops and "lithops" in a.peers:
-        a.peers.remove("lithops")
-    if BASE not in a.peers:
-        p.error("cloudpool must be among --peers")
-    return a
+    return C.finish_case_args(p, a, CASES, PEER_ORDER, BASE)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = C.log
 
 
 def not_measured(args, peer: str, case: str) -> Optional[str]:
