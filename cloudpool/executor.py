@@ -199,6 +199,9 @@ class CloudPoolExecutor(Executor):
     def _ensure_manager(self) -> _manager.Manager:
         if self._manager is None:
             has_initializer = self._initializer is not None
+            # Before anything else is stored: a crashed client's data is then recognisable
+            # (`cloudpool clean` removes prefixes whose owner is gone).
+            self._storage.put(self._keys.client, protocol.json_bytes(protocol.client_marker(self._backend.name)))
             if has_initializer:
                 # Pickled now, in the caller's thread, so a bad initializer fails submit() loudly.
                 self._storage.put(self._keys.init, protocol.dumps((self._initializer, self._initargs)))

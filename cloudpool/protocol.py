@@ -2,6 +2,7 @@
 
 Key layout under the storage root (one executor = one unguessable id)::
 
+    <root>/<executor>/client.json                      who owns the executor (host, pid, start time)
     <root>/<executor>/init.pickle                      initializer + initargs (once per executor)
     <root>/<executor>/<job>/function.pickle            the function, cloudpickled once per job
     <root>/<executor>/<job>/args/<batch>.pickle        a batch's arguments, when too big to inline
@@ -68,6 +69,11 @@ class Keys:
         self.root = root
         self.executor_id = executor_id
         self.executor_prefix = f"{root}/{executor_id}/" if root else f"{executor_id}/"
+
+    @property
+    def client(self) -> str:
+        """The owner marker: ``cloudpool clean`` reads it to tell live executors from crashed ones."""
+        return self.executor_prefix + "client.json"
 
     @property
     def init(self) -> str:
@@ -153,6 +159,16 @@ def decode_event(data: Any) -> Dict[str, Any]:
     if isinstance(data, str):
         return json.loads(data, object_hook=hook)
     return data
+
+
+def client_marker(backend: str) -> Dict[str, Any]:
+    """What ``Keys.client`` holds: enough to tell whether the owning client still runs."""
+    import os
+    import socket
+    import time
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+            "backend": backend, "versions": versions()}
 
 
 def json_bytes(value: Any) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Optional
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, List, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class Capabilities:
     batch_target_seconds: float = 1.0
     #: Upper bound on calls per invocation imposed by the backend (None: none).
     max_batch_calls: Optional[int] = None
+    #: Workers run on other machines, without this machine's files or ``sys.path``:
+    #: the client ships modules that are not installed (the user's own code) by value.
+    remote: bool = False
 
 
 @dataclass
@@ -109,3 +112,35 @@ class ComputeBackend(ABC):
     def describe(self) -> Dict[str, Any]:
         """What ``cloudpool hello``/stats show about where calls run."""
         return {"backend": self.name}
+
+    # ------------------------------------------------------------------ runtimes
+    # ``cloudpool runtime build|deploy|list|delete`` calls these. A backend that deploys
+    # something to its platform sets ``manages_runtimes`` and overrides all four; the
+    # others keep the defaults, which refuse with a message naming the backend.
+
+    #: This backend builds and deploys runtimes (container images, functions).
+    manages_runtimes: ClassVar[bool] = False
+
+    def _no_runtimes(self, verb: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"the {self.name!r} backend has no runtime to {verb}: its workers run "
+            f"{'on this machine' if self.name == 'local' else 'on a service you deploy yourself'}; "
+            f"`cloudpool runtime` applies to backends such as aws_lambda and kubernetes")
+
+    def build_runtime(self, name: str, *, requirements: Sequence[str] = (),
+                      output: Optional[str] = None) -> Dict[str, Any]:
+        """Build the runtime ``name`` (image or package) with extra pip ``requirements``."""
+        raise self._no_runtimes("build")
+
+    def deploy_runtime(self, name: str, *, memory_mb: Optional[int] = None,
+                       timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Create or update the runtime ``name`` on the platform; returns its metadata."""
+        raise self._no_runtimes("deploy")
+
+    def list_runtimes(self) -> List[Dict[str, Any]]:
+        """The runtimes this backend deployed (name, versions, memory, timeout...)."""
+        raise self._no_runtimes("list")
+
+    def delete_runtime(self, name: str) -> None:
+        """Remove the runtime ``name`` from the platform (``FileNotFoundError`` if absent)."""
+        raise self._no_runtimes("delete")

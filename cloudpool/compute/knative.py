@@ -279,6 +279,7 @@ class KnativeBackend(ComputeBackend):
             can_cancel=True,
             notifies=self._notices,
             batch_target_seconds=BATCH_TARGET_SECONDS,
+            remote=True,
         )
 
     def describe(self) -> Dict[str, Any]:
