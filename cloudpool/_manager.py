@@ -33,6 +33,7 @@ from concurrent.futures._base import InvalidStateError
 from typing import Any, Deque, Dict, List, Optional
 
 from . import protocol
+from .stats import CallRecord, StatsRecorder
 from .compute.base import ComputeBackend, InvocationLost, SegmentDone
 from .errors import (BrokenCloudPool, CallTimeoutError, InitializerError, RemoteTraceback,
                      VersionMismatchError, WorkerLostError)
@@ -132,6 +133,7 @@ class Manager(threading.Thread):
         self.caps = backend.capabilities
         self.idle = True  # blocked on an empty inbox with nothing in flight
         self._purge_needed = False
+        self.stats = StatsRecorder()
 
     # ------------------------------------------------------------------ user-thread API
     def add(self, calls: List[Call]) -> None:
@@ -411,9 +413,14 @@ class Manager(threading.Thread):
                 continue
             batch.calls[index] = None
             future = call.future
+            worker = status["worker"]
             if isinstance(future, _timed_future_types):
-                future._times.update(started=info.get("t0"), finished=info.get("t1"), fetched=fetched,
-                                     worker=status["worker"]["id"], maxrss_kb=status["worker"].get("maxrss_kb"))
+                times = future._times
+                times.update(started=info.get("t0"), finished=info.get("t1"), fetched=fetched,
+                             worker=worker["id"], maxrss_kb=worker.get("maxrss_kb"))
+                self.stats.add(CallRecord(batch.job.id, batch.number, index, times["submitted"],
+                                          times.get("invoked"), info.get("t0"), info.get("t1"), fetched,
+                                          worker["id"], worker.get("maxrss_kb"), bool(info.get("ok"))))
             if "t0" in info and "t1" in info:
                 durations.append(info["t1"] - info["t0"])
             if isinstance(blob, BaseException):

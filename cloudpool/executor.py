@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from . import _manager, protocol
 from .compute import backends
@@ -22,6 +22,9 @@ from .compute import local as _local_backend  # noqa: F401  (the default: import
 from .config import Config, load_config
 from .errors import BrokenCloudPool
 from .storage import get_storage, split_url
+
+if TYPE_CHECKING:
+    from .stats import ExecutorStats
 
 __all__ = ["CloudPoolExecutor", "CloudFuture"]
 
@@ -194,6 +197,15 @@ class CloudPoolExecutor(Executor):
     @property
     def storage_url(self) -> str:
         return self._storage.url(self._keys.executor_prefix)
+
+    def stats(self) -> "ExecutorStats":
+        """Timings of every call fetched so far (see ``cloudpool.stats``); a snapshot."""
+        from .stats import ExecutorStats
+
+        records = self._manager.stats.snapshot() if self._manager is not None else []
+        caps = self._backend.capabilities
+        return ExecutorStats(records, backend=self._backend.name, memory_mb=caps.memory_mb,
+                             region=getattr(self._backend, "region", None))
 
     # ------------------------------------------------------------------ internals
     def _ensure_manager(self) -> _manager.Manager:
