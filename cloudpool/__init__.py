@@ -10,7 +10,8 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["CloudPoolExecutor", "CloudFuture", "objects", "ObjectPart", "Storage", "__version__"]
+__all__ = ["CloudPoolExecutor", "CloudFuture", "objects", "ObjectPart", "Storage", "RetryPolicy",
+           "retry", "__version__"]
 
 _LAZY = {
     "CloudPoolExecutor": ("cloudpool.executor", "CloudPoolExecutor"),
@@ -18,6 +19,8 @@ _LAZY = {
     "objects": ("cloudpool.objects", "objects"),
     "ObjectPart": ("cloudpool.objects", "ObjectPart"),
     "Storage": ("cloudpool.userstorage", "Storage"),
+    "RetryPolicy": ("cloudpool.retries", "RetryPolicy"),
+    "retry": ("cloudpool.retries", "retry"),
 }
 
 

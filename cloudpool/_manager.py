@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import heapq
+import itertools
 import logging
 import math
 import queue
@@ -32,11 +34,12 @@ import time
 from concurrent.futures._base import InvalidStateError
 from typing import Any, Deque, Dict, List, Optional
 
-from . import protocol
-from .stats import CallRecord, StatsRecorder
+from . import _shipping, protocol
 from .compute.base import ComputeBackend, InvocationLost, SegmentDone
-from .errors import (BrokenCloudPool, CallTimeoutError, InitializerError, RemoteTraceback,
-                     VersionMismatchError, WorkerLostError)
+from .errors import (BrokenCloudPool, CallTimeoutError, InitializerError, IntegrityError,
+                     RemoteTraceback, VersionMismatchError, WorkerLostError)
+from .retries import RetryPolicy
+from .stats import CallRecord, StatsRecorder
 from .storage.base import StorageBackend
 
 LOGGER = logging.getLogger("cloudpool")
@@ -49,12 +52,15 @@ TIMEOUT_GRACE = 10.0
 class Job:
     """One function, pickled once and shared by all its calls."""
 
-    __slots__ = ("id", "fn", "uploaded", "next_batch", "outstanding", "est", "error", "__weakref__")
+    __slots__ = ("id", "fn", "uploaded", "fn_sum", "next_batch", "outstanding", "est", "error",
+                 "policy", "__weakref__")
 
-    def __init__(self, job_id: str, fn: Any) -> None:
+    def __init__(self, job_id: str, fn: Any, policy: Optional[RetryPolicy] = None) -> None:
         self.id = job_id
         self.fn = fn                      # dropped once uploaded: no stale references
         self.uploaded = False
+        self.fn_sum: Optional[str] = None
+        self.policy = policy if policy is not None else RetryPolicy()
         self.next_batch = 0
         self.outstanding: Dict[int, "Batch"] = {}
         self.est: Optional[float] = None  # seconds per call, moving average
@@ -64,7 +70,7 @@ class Job:
 class Call:
     """One call: its future, its job, and its arguments until they are pickled."""
 
-    __slots__ = ("future", "job", "payload", "pickled", "started")
+    __slots__ = ("future", "job", "payload", "pickled", "started", "attempt")
 
     def __init__(self, future: concurrent.futures.Future, job: Job, payload: Any) -> None:
         self.future = future
@@ -72,10 +78,12 @@ class Call:
         self.payload = payload
         self.pickled: Optional[bytes] = None  # kept only while its batch is in flight
         self.started = False
+        self.attempt = 0  # retries so far
 
 
 class Batch:
-    __slots__ = ("job", "number", "inv", "calls", "blob", "offsets", "seen", "progress_at", "last_seen")
+    __slots__ = ("job", "number", "inv", "calls", "blob", "offsets", "seen", "progress_at", "last_seen",
+                 "result_keys")
 
     def __init__(self, job: Job, number: int, calls: List[Call], blob: bytes, offsets: List[int]) -> None:
         self.job = job
@@ -85,6 +93,7 @@ class Batch:
         self.blob = blob
         self.offsets = offsets
         self.seen: set = set()
+        self.result_keys: List[str] = []
         self.progress_at = time.monotonic()
         self.last_seen = False
 
@@ -134,6 +143,15 @@ class Manager(threading.Thread):
         self.idle = True  # blocked on an empty inbox with nothing in flight
         self._purge_needed = False
         self.stats = StatsRecorder()
+        # Calls waiting out a retry back-off: (monotonic time due, tie-breaker, call).
+        self.delayed: List[Any] = []
+        self._delay_seq = itertools.count()
+        # First failure of the current storage outage (None while storage answers).
+        self._storage_down_since: Optional[float] = None
+        self._storage_error: Optional[BaseException] = None
+        # Keys of retired batches, deleted in bulk (results are consumed once applied).
+        self._garbage: List[str] = []
+        self._garbage_at = time.monotonic()
 
     # ------------------------------------------------------------------ user-thread API
     def add(self, calls: List[Call]) -> None:
@@ -184,10 +202,13 @@ class Manager(threading.Thread):
                     # next wait sleeps without a timeout when nothing is in flight.
                     self._poll_if_due()
                     self._check_deadlines()
+                    self._check_storage_outage()
+                    self._release_delayed()
                     self._dispatch()
+                    self._collect_garbage()
                 if self.shutting_down or self.broken is not None:
                     with self.pending_lock:
-                        idle = not self.pending
+                        idle = not self.pending and not self.delayed
                     if (idle and not self.in_flight and not self._fetching) or self.broken is not None:
                         break
         except BaseException as exc:  # noqa: BLE001 - never leave futures hanging
@@ -200,6 +221,9 @@ class Manager(threading.Thread):
 
     def _wait_and_handle(self) -> None:
         timeout = self._seconds_to_next_poll() if self.in_flight or self._fetching else None
+        if self.delayed:
+            due = max(0.0, self.delayed[0][0] - time.monotonic())
+            timeout = due if timeout is None else min(timeout, due)
         if self.shutting_down and timeout is None:
             timeout = 0.1
         self.idle = not self.in_flight
@@ -276,17 +300,30 @@ class Manager(threading.Thread):
                 self._invoke(job, calls)
 
     def _upload_function(self, job: Job) -> None:
-        try:
-            blob = protocol.dumps(job.fn)
-        except BaseException as exc:  # noqa: BLE001 - reported on every call of the job
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"cloudpool: the function {job.fn!r} could not be pickled to send it to workers")
-            job.error = exc
-            return
-        finally:
-            job.fn = None
+        """Pickle and store the job's function once; OSError (storage) propagates, retryable."""
+        if isinstance(job.fn, (bytes, memoryview)):
+            blob = job.fn  # pickled before, its upload failed: try the upload again
+        else:
+            try:
+                blob = self.pickle_function(job.fn)
+            except BaseException as exc:  # noqa: BLE001 - reported on every call of the job
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"cloudpool: the function {job.fn!r} could not be pickled to send it to workers")
+                job.error = exc
+                job.fn = None
+                return
+            job.fn = blob
+            job.fn_sum = protocol.checksum(blob)
         self.storage.put(self.keys.function(job.id), blob)
+        job.fn = None
         job.uploaded = True
+
+    def pickle_function(self, fn: Any) -> bytes:
+        if self.caps.remote:
+            # Workers elsewhere lack the user's own modules: from now on those pickle
+            # by value, for this function and for the arguments that follow.
+            _shipping.register_users_modules()
+        return protocol.dumps(fn)
 
     def _pickle_calls(self, calls: List[Call]) -> List[Call]:
         """Fill ``call.pickled``; fail (and drop) calls whose arguments cannot be pickled."""
@@ -320,7 +357,13 @@ class Manager(threading.Thread):
 
     def _invoke(self, job: Job, calls: List[Call]) -> None:
         if not job.uploaded and job.error is None:
-            self._upload_function(job)
+            try:
+                self._upload_function(job)
+            except OSError as exc:
+                self._storage_failed(exc)
+                for c in calls:
+                    self._retry_or_fail(c, exc, "invocation")
+                return
         if job.error is not None:
             for c in calls:
                 _settle(c.future, exc=job.error)
@@ -332,17 +375,29 @@ class Manager(threading.Thread):
         for c in calls:
             offsets.append(offsets[-1] + len(c.pickled))
         # One call (the common case for big arguments): no copy into a joined buffer.
-        blob = calls[0].pickled if len(calls) == 1 else b"".join(c.pickled for c in calls)
+        if len(calls) == 1:
+            blob = calls[0].pickled
+            if isinstance(blob, memoryview):
+                blob = bytes(blob)  # a retried call sliced from an earlier batch's buffer
+        else:
+            blob = b"".join(c.pickled for c in calls)
         number = job.next_batch
         job.next_batch += 1
         batch = Batch(job, number, calls, blob, offsets)
         event = dict(self.event_base)
-        event.update(job=job.id, batch=number, offsets=offsets, init=self.has_initializer)
+        event.update(job=job.id, batch=number, offsets=offsets, init=self.has_initializer,
+                     fn_sum=job.fn_sum, args_sum=protocol.checksum(blob))
         if len(blob) <= self.config["inline_limit"]:
             event["args"] = blob
         else:
             key = self.keys.args(job.id, number)
-            self.storage.put(key, blob)
+            try:
+                self.storage.put(key, blob)
+            except OSError as exc:
+                self._storage_failed(exc)
+                for c in calls:
+                    self._retry_or_fail(c, exc, "invocation")
+                return
             event["args_key"] = key
         self.in_flight[batch.inv] = batch
         job.outstanding[number] = batch
@@ -352,14 +407,104 @@ class Manager(threading.Thread):
                 c.future._times["invoked"] = now
         try:
             self.backend.invoke(batch.inv, event)
-        except Exception as exc:  # noqa: BLE001 - the batch never started: its calls fail
+        except Exception as exc:  # noqa: BLE001 - the batch never started: retry or fail its calls
             self._retire(batch)
+            # Only a platform that could not be reached is worth another try; a refusal
+            # of the event itself (too big, bad settings) would fail again.
+            transient = isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError))
             for c in calls:
-                _settle(c.future, exc=exc)
+                if transient:
+                    self._retry_or_fail(c, exc, "invocation")
+                else:
+                    _settle(c.future, exc=exc)
+
+    # ------------------------------------------------------------------ retries
+    def _retry_or_fail(self, call: Call, exc: BaseException, cause: str) -> None:
+        """Run ``call`` again after a back-off if its policy allows ``cause``; else fail it.
+
+        ``cause`` is "invocation" (the platform lost or refused it), "lost" (its worker
+        died), "timeout" or "error" (the function raised ``exc``).
+        """
+        policy = call.job.policy
+        if cause == "invocation":
+            allowed = True
+        elif cause == "lost":
+            allowed = policy.worker_lost
+        elif cause == "timeout":
+            allowed = policy.timeouts
+        else:
+            allowed = policy.retries_error(exc)
+        if allowed and call.attempt < policy.retries and self.broken is None:
+            call.attempt += 1
+            due = time.monotonic() + policy.delay(call.attempt)
+            heapq.heappush(self.delayed, (due, next(self._delay_seq), call))
+            LOGGER.debug("cloudpool: retrying a call (attempt %d of %d) after %s: %s",
+                         call.attempt + 1, policy.retries + 1, cause, exc)
+            return
+        if call.attempt and hasattr(exc, "add_note"):
+            exc.add_note(f"cloudpool: the call failed on each of its {call.attempt + 1} attempts")
+        _settle(call.future, exc=exc, start=not call.started)
+
+    def _release_delayed(self) -> None:
+        """Calls whose back-off is over go to the front of the queue (they are oldest)."""
+        if not self.delayed:
+            return
+        now = time.monotonic()
+        ready: List[Call] = []
+        while self.delayed and self.delayed[0][0] <= now:
+            ready.append(heapq.heappop(self.delayed)[2])
+        if ready:
+            with self.pending_lock:
+                self.pending.extendleft(reversed(ready))
 
     def _retire(self, batch: Batch) -> None:
         self.in_flight.pop(batch.inv, None)
         batch.job.outstanding.pop(batch.number, None)
+        if not self.config["keep_data"]:
+            # Its results are applied (or given up): the data is consumed. Deleted in
+            # bulk, so cleaning up costs about one request per thousand keys.
+            self._garbage.append(self.keys.args(batch.job.id, batch.number))
+            self._garbage.extend(batch.seen)
+            self._garbage.extend(batch.result_keys)
+
+    def _collect_garbage(self, force: bool = False) -> None:
+        if not self._garbage:
+            return
+        now = time.monotonic()
+        if not force and len(self._garbage) < 1000 and now - self._garbage_at < 5.0 and self.in_flight:
+            return
+        keys, self._garbage = self._garbage, []
+        self._garbage_at = now
+        try:
+            self.storage.delete(keys)
+        except OSError as exc:  # left for the shutdown's prefix delete or `cloudpool clean`
+            LOGGER.debug("cloudpool: could not delete %d consumed keys: %s", len(keys), exc)
+
+    # ------------------------------------------------------------------ storage outages
+    def _storage_failed(self, exc: BaseException) -> None:
+        if self._storage_down_since is None:
+            self._storage_down_since = time.monotonic()
+        self._storage_error = exc
+
+    def _storage_ok(self) -> None:
+        self._storage_down_since = None
+        self._storage_error = None
+
+    def _check_storage_outage(self) -> None:
+        """Storage unreachable for longer than ``storage_timeout``: fail what waits on it."""
+        since = self._storage_down_since
+        if since is None or time.monotonic() - since < self.config["storage_timeout"]:
+            return
+        err = OSError(f"storage {self.storage.url('')} was unreachable for more than "
+                      f"{self.config['storage_timeout']:g} s (setting 'storage_timeout'): {self._storage_error}")
+        err.__cause__ = self._storage_error
+        self._storage_ok()
+        for batch in list(self.in_flight.values()):
+            self._fail_calls(batch, batch.unresolved(), err)
+            self._retire(batch)
+        for _due, _seq, call in self.delayed:
+            _settle(call.future, exc=err, start=not call.started)
+        self.delayed.clear()
         batch.blob = b""
 
     # ------------------------------------------------------------------ results
@@ -387,10 +532,19 @@ class Manager(threading.Thread):
             self._fetching += 1
 
     def _fetch_result(self, status: Dict[str, Any]) -> Any:
-        try:
-            return self.storage.get(status["result_key"])
-        except OSError as exc:
-            return exc
+        """The segment's result blob, checked against its checksum; an OSError on failure."""
+        key = status["result_key"]
+        expected = status.get("result_sum")
+        for attempt in range(2):
+            try:
+                blob = self.storage.get(key)
+            except OSError as exc:
+                return exc
+            if expected is None or protocol.checksum(blob) == expected:
+                return blob
+            # A second read tells a torn read from stored corruption.
+        return IntegrityError(f"the result {self.storage.url(key)} does not match its checksum "
+                              f"({expected}) after two reads: it was corrupted in storage or in transit")
 
     def _fetch_async(self, inv: str, status: Dict[str, Any]) -> None:
         self.inbox.put(("fetched", inv, status, self._fetch_result(status)))
@@ -400,6 +554,16 @@ class Manager(threading.Thread):
         if fatal:
             self._on_fatal(batch, status, blob)
             return
+        if isinstance(blob, OSError) and not isinstance(blob, IntegrityError):
+            # Storage did not answer: the result is still there. Forget this status so
+            # the next poll reads it again (a storage outage is bounded by 'storage_timeout').
+            self._storage_failed(blob)
+            batch.seen.discard(status["key"])
+            if status.get("last"):
+                batch.last_seen = False
+            return
+        if status.get("result_key"):
+            batch.result_keys.append(status["result_key"])
         first = status["first"]
         offsets = status["offsets"]
         durations = []
@@ -424,7 +588,7 @@ class Manager(threading.Thread):
             if "t0" in info and "t1" in info:
                 durations.append(info["t1"] - info["t0"])
             if isinstance(blob, BaseException):
-                _settle(future, exc=blob)
+                self._retry_or_fail(call, blob, "invocation")  # a corrupted result: run it again
                 continue
             try:
                 value = protocol.load_at(blob, offsets, j)
@@ -438,7 +602,13 @@ class Manager(threading.Thread):
             else:
                 exc, tb = value
                 exc.__cause__ = RemoteTraceback(tb)
-                _settle(future, exc=exc)
+                policy = call.job.policy
+                if isinstance(exc, CallTimeoutError) and policy.timeouts:
+                    self._retry_or_fail(call, exc, "timeout")  # the worker's own timer fired
+                elif policy.on:
+                    self._retry_or_fail(call, exc, "error")
+                else:
+                    _settle(future, exc=exc)
             del value
         if durations:
             mean = sum(durations) / len(durations)
@@ -478,8 +648,20 @@ class Manager(threading.Thread):
                 exc = BrokenCloudPool(fatal.get("message", "the worker failed"))
             if hasattr(exc, "add_note"):
                 exc.add_note(f"cloudpool: {fatal.get('message')}")
-            self._fail_calls(batch, batch.unresolved(), exc)
+            # Storage trouble while the worker loaded its function or arguments (an
+            # outage, a torn read) may pass; a module missing on the runtime will not.
+            transient = isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError))
+            unresolved = batch.unresolved()
+            if not transient:
+                self._fail_calls(batch, unresolved, exc)
+                self._retire(batch)
+                return
+            calls = [batch.calls[i] for i in unresolved]
+            for i in unresolved:
+                batch.calls[i] = None
             self._retire(batch)
+            for call in calls:
+                self._retry_or_fail(call, _copy_exception(exc), "invocation")
 
     def _fail_calls(self, batch: Batch, indices: List[int], exc: BaseException) -> None:
         for i in indices:
@@ -508,6 +690,8 @@ class Manager(threading.Thread):
             status = self.storage.get_json(key)
         except (OSError, ValueError) as exc:
             LOGGER.warning("cloudpool: could not read status %s: %s", key, exc)
+            if isinstance(exc, OSError):
+                self._storage_failed(exc)
             return None
         status["key"] = key
         return status
@@ -522,6 +706,7 @@ class Manager(threading.Thread):
             return
         unresolved = batch.unresolved()
         culprit = notice.running_call
+        cause = "timeout" if notice.timed_out else "lost"
         if culprit is not None and culprit in unresolved:
             if notice.timed_out:
                 err: BaseException = CallTimeoutError(
@@ -529,24 +714,43 @@ class Manager(threading.Thread):
                     f"(setting 'timeout'): {notice.reason}")
             else:
                 err = WorkerLostError(f"{notice.reason} while running this call")
-            self._fail_calls(batch, [culprit], err)
-            # The others never ran or ran without their results being stored: run them again.
+            culprit_call = batch.calls[culprit]
+            batch.calls[culprit] = None
+            # The others never ran or ran without their results being stored: run them
+            # again, as they are (this is not a failure of theirs, so no attempt is spent).
             requeue = [batch.calls[i] for i in unresolved if i != culprit]
             self._retire(batch)
             with self.pending_lock:
                 self.pending.extendleft(reversed([c for c in requeue if c is not None]))
+            if culprit_call is not None:
+                self._retry_or_fail(culprit_call, err, cause)
         else:
-            err = CallTimeoutError(notice.reason) if notice.timed_out else WorkerLostError(notice.reason)
+            # Nobody knows which call was running: the invocation as a whole was lost
+            # (throttled away, a container that never started, a connection cut).
+            if notice.timed_out:
+                err = CallTimeoutError(notice.reason)
+            else:
+                err = WorkerLostError(notice.reason)
+                cause = "invocation"
             if notice.error is not None:
                 err.__cause__ = notice.error
-            self._fail_calls(batch, unresolved, err)
+            calls = [batch.calls[i] for i in unresolved]
+            for i in unresolved:
+                batch.calls[i] = None
             self._retire(batch)
+            for call in calls:
+                if call is not None:
+                    # One exception object per call: notes added on a last attempt stay its own.
+                    self._retry_or_fail(call, _copy_exception(err), cause)
 
     def _stop_in_flight(self) -> None:
         err = BrokenCloudPool("the pool was terminated before this call finished")
         with self.pending_lock:
             while self.pending:
                 _settle(self.pending.popleft().future, exc=err, start=False)
+        for _due, _seq, call in self.delayed:
+            _settle(call.future, exc=err, start=False)
+        self.delayed.clear()
         for batch in list(self.in_flight.values()):
             self._retire(batch)  # retired first: the loss notice that follows is ignored
             if self.caps.can_cancel:
@@ -599,7 +803,10 @@ class Manager(threading.Thread):
                 infos = list(self.storage.list(self.keys.status_prefix(job.id), start_after))
             except OSError as exc:
                 LOGGER.warning("cloudpool: status poll failed (will retry): %s", exc)
+                self._storage_failed(exc)
                 continue
+            if self._storage_down_since is not None and not self._fetching:
+                self._storage_ok()
             for info in infos:
                 batch_no, _seg = protocol.parse_status_key(info.key)
                 batch = job.outstanding.get(batch_no)
@@ -622,6 +829,9 @@ class Manager(threading.Thread):
             while self.pending:
                 call = self.pending.popleft()
                 _settle(call.future, exc=exc, start=not call.started)
+        for _due, _seq, call in self.delayed:
+            _settle(call.future, exc=exc, start=not call.started)
+        self.delayed.clear()
 
     def _close(self) -> None:
         try:
@@ -636,6 +846,12 @@ class Manager(threading.Thread):
             except OSError as exc:
                 LOGGER.warning("cloudpool: could not delete job data under %s: %s "
                                "(run 'cloudpool clean')", self.storage.url(self.keys.executor_prefix), exc)
+
+
+def _copy_exception(exc: BaseException) -> BaseException:
+    copy = type(exc)(*exc.args)
+    copy.__cause__ = exc.__cause__
+    return copy
 
 
 def _settle(future: concurrent.futures.Future, *, result: Any = None, exc: Optional[BaseException] = None,

@@ -110,6 +110,8 @@ SETTINGS: Dict[str, Setting] = {
     "poll_interval": Setting(0.05, _positive_float, "shortest interval between status polls (seconds)"),
     "poll_interval_max": Setting(2.0, _positive_float, "longest interval between status polls when nothing changes"),
     "flush_interval": Setting(0.25, _positive_float, "a worker writes finished calls' results at least this often (seconds)"),
+    "retries": Setting(2, _non_negative_int, "extra attempts for a call whose invocation failed (see cloudpool.retry)"),
+    "storage_timeout": Setting(120.0, _positive_float, "seconds the client keeps retrying unreachable storage before failing the calls that wait on it"),
     "keep_data": Setting(False, _bool, "keep job payloads/results in storage after the executor shuts down"),
     "progress": Setting("auto", _progress, "tqdm progress bars: true, false, or 'auto' (only on a terminal)"),
 }

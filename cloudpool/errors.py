@@ -89,3 +89,7 @@ class UnpicklableRemoteError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.type_name, self.remote_message))
+
+
+class IntegrityError(OSError):
+    """Data read back from storage does not match the checksum it was written with."""

@@ -15,7 +15,9 @@ seconds and at the end of the batch, so long batches still report early results.
 
 Payload framing: an argument blob and a result blob are the concatenation of one
 pickle per call; the event (arguments) or the status (results) lists the offsets, so
-one bad pickle spoils only its own call. Status is JSON: it is never unpickled and
+one bad pickle spoils only its own call. The event carries CRC-32 checksums of the
+function (``fn_sum``) and of the argument blob (``args_sum``), the status one of the
+result blob (``result_sum``); each side verifies what it reads. Status is JSON: it is never unpickled and
 never evaluated. Events are plain dicts; ``encode_event`` makes them JSON (bytes as
 base64) for platforms whose invocations carry JSON.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 import json
 import pickle
 import sys
@@ -106,6 +109,29 @@ def parse_status_key(key: str) -> Tuple[int, int]:
     name = key.rsplit("/", 1)[-1]
     batch, segment, _ext = name.split(".")
     return int(batch), int(segment)
+
+
+# ---------------------------------------------------------------------------- checksums
+def checksum(data: Any) -> str:
+    """A checksum of a payload or result blob, named by its algorithm.
+
+    CRC-32 (what S3 itself checks by default): it catches torn, truncated and mixed-up
+    blobs at several GB/s. It is not a signature: whoever can write the bucket can
+    write a matching checksum too, so access to the bucket is the security boundary.
+    """
+    return f"crc32:{zlib.crc32(data):08x}"
+
+
+def verify(data: Any, expected: Optional[str], what: str) -> None:
+    """Raise ``IntegrityError`` naming ``what`` if ``data`` does not match ``expected``."""
+    if expected is None:
+        return
+    actual = checksum(data)
+    if actual != expected:
+        from .errors import IntegrityError
+
+        raise IntegrityError(f"{what} does not match its checksum ({actual} instead of {expected}): "
+                             f"it was corrupted in storage or in transit")
 
 
 # ---------------------------------------------------------------------------- framing

@@ -150,9 +150,13 @@ def _write_segment(storage: StorageBackend, keys: protocol.Keys, event: Dict[str
                    fatal: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     job, batch = event["job"], event["batch"]
     result_key = None
+    result_sum = None
     if segment.offsets[-1] > 0:
         result_key = keys.result(job, batch, number)
-        storage.put(result_key, segment.buf.getbuffer())
+        data = segment.buf.getbuffer()
+        result_sum = protocol.checksum(data)
+        storage.put(result_key, data)
+        del data  # a live export would stop the buffer from being reused
     status = {
         "protocol": protocol.PROTOCOL_VERSION,
         "job": job,
@@ -162,6 +166,7 @@ def _write_segment(storage: StorageBackend, keys: protocol.Keys, event: Dict[str
         "calls": segment.calls,
         "offsets": segment.offsets,
         "result_key": result_key,
+        "result_sum": result_sum,
         "last": last,
         "fatal": fatal,
         "worker": {
@@ -189,10 +194,12 @@ def _fatal(storage: StorageBackend, keys: protocol.Keys, event: Dict[str, Any], 
     return status
 
 
-def _load_function(storage: StorageBackend, key: str) -> Callable:
+def _load_function(storage: StorageBackend, key: str, expected_sum: Optional[str]) -> Callable:
     fn = _functions.get(key)
     if fn is None:
-        fn = pickle.loads(storage.get(key))
+        blob = storage.get(key)
+        protocol.verify(blob, expected_sum, f"the function {storage.url(key)}")
+        fn = pickle.loads(blob)
         _functions[key] = fn
         if len(_functions) > _FUNCTION_CACHE_SIZE:
             _functions.popitem(last=False)
@@ -227,7 +234,7 @@ def handle(event: Dict[str, Any], hooks: Optional[WorkerHooks] = None) -> Dict[s
         _initialized.add(keys.executor_id)
 
     try:
-        fn = _load_function(storage, keys.function(event["job"]))
+        fn = _load_function(storage, keys.function(event["job"]), event.get("fn_sum"))
     except BaseException as exc:  # noqa: BLE001 - e.g. a module missing on the runtime
         hint = ""
         if isinstance(exc, ModuleNotFoundError):
@@ -236,10 +243,17 @@ def handle(event: Dict[str, Any], hooks: Optional[WorkerHooks] = None) -> Dict[s
         _fatal(storage, keys, event, "load", f"the function could not be loaded on the worker: {exc}{hint}", exc, hooks)
         return {"fatal": "load"}
 
-    if event.get("args") is not None:
-        args_blob = event["args"]
-    else:
-        args_blob = storage.get(event["args_key"])
+    try:
+        if event.get("args") is not None:
+            args_blob = event["args"]
+            what = "the invocation's inline arguments"
+        else:
+            args_blob = storage.get(event["args_key"])
+            what = f"the arguments {storage.url(event['args_key'])}"
+        protocol.verify(args_blob, event.get("args_sum"), what)
+    except OSError as exc:
+        _fatal(storage, keys, event, "args", f"the call arguments could not be read: {exc}", exc, hooks)
+        return {"fatal": "args"}
     offsets = event["offsets"]
     ncalls = len(offsets) - 1
     flush_interval = event.get("flush_interval", 0.25)

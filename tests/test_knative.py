@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import functools
+import importlib
 import importlib.util
 import json
 import os
@@ -329,6 +330,31 @@ class BackendTest(unittest.TestCase):
     def executor(self, max_workers=None, **knative_options):
         config = knative_config(**knative_options)
         return CloudPoolExecutor(max_workers, storage=fresh_storage_url(), config=config)
+
+    def test_users_own_module_travels_by_value(self):
+        # A module that exists only in a client-side directory (not on the runtimes'
+        # sys.path): its function and class must reach the workers inside the pickle.
+        with tempfile.TemporaryDirectory(prefix="cp-userlib-") as tmp:
+            name = "cp_userlib_" + uuid.uuid4().hex[:8]
+            with open(os.path.join(tmp, name + ".py"), "w") as f:
+                f.write("import os\n"
+                        "class Point:\n"
+                        "    def __init__(self, x, y):\n"
+                        "        self.x, self.y = x, y\n"
+                        "def scaled(p, k):\n"
+                        "    return Point(p.x * k, p.y * k), os.getpid()\n")
+            sys.path.insert(0, tmp)
+            try:
+                mod = importlib.import_module(name)
+                with self.executor() as ex:
+                    point, pid = ex.submit(mod.scaled, mod.Point(2, 3), 10).result(BOUND)
+            finally:
+                sys.path.remove(tmp)
+                sys.modules.pop(name, None)
+        self.assertNotEqual(pid, os.getpid())
+        # cloudpickle keeps class identity across the round trip.
+        self.assertIsInstance(point, mod.Point)
+        self.assertEqual((point.x, point.y), (20, 30))
 
     def test_busy_runtime_answers_429_and_calls_still_complete(self):
         # One slot on the host, three requests at once from the client: two get 429.

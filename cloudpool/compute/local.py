@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import multiprocessing.connection
+from multiprocessing.reduction import ForkingPickler
 import os
 import signal
 import sys
@@ -135,7 +136,8 @@ class LocalBackend(ComputeBackend):
         self._notices = bool(self.options.get("notices", True))
         self._lock = threading.Lock()
         self._workers: List[_Worker] = []
-        self._queue: Deque[Tuple[str, Dict[str, Any]]] = collections.deque()
+        # (invocation id, the pickled (inv, event) message for the worker's pipe)
+        self._queue: Deque[Tuple[str, bytes]] = collections.deque()
         self._where: Dict[str, _Worker] = {}
         self._reader: Optional[threading.Thread] = None
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
@@ -166,10 +168,13 @@ class LocalBackend(ComputeBackend):
         self._reader.start()
 
     def invoke(self, inv: str, event: Dict[str, Any]) -> None:
+        # Pickled here, in the caller's thread and outside the lock: an event that cannot
+        # be pickled fails this invoke() alone, never the reader thread's later dispatch.
+        message = ForkingPickler.dumps((inv, event))
         with self._lock:
             if self._closing:
                 raise RuntimeError("the local backend is shut down")
-            self._queue.append((inv, event))
+            self._queue.append((inv, message))
             self._dispatch_locked()
 
     def cancel(self, inv: str, reason: str) -> bool:
@@ -236,17 +241,17 @@ class LocalBackend(ComputeBackend):
                 if len(self._workers) >= self.max_workers:
                     return
                 idle = self._spawn_locked()
-            inv, event = self._queue.popleft()
+            inv, message = self._queue.popleft()
             idle.inv = inv
             self._where[inv] = idle
             try:
-                idle.conn.send((inv, event))
+                idle.conn.send_bytes(message)
             except (OSError, ValueError):
                 # Died before we could hand it over; its sentinel will fire. Re-queue.
                 idle.inv = None
                 del self._where[inv]
                 idle.kill_reason = "dead"
-                self._queue.appendleft((inv, event))
+                self._queue.appendleft((inv, message))
 
     # ------------------------------------------------------------------ reader thread
     def _read_loop(self) -> None:
