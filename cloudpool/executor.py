@@ -14,13 +14,14 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
-from . import _manager, protocol
+from . import _manager, progress, protocol
 from .compute import backends
 from .compute import local as _local_backend  # noqa: F401  (the default: imported up front so cold starts stay short)
 from .config import Config, load_config
 from .errors import BrokenCloudPool
+from .retries import Retrying, RetryPolicy, as_policy
 from .storage import get_storage, split_url
 
 if TYPE_CHECKING:
@@ -97,11 +98,13 @@ class _ChunkRunner:
         return (_ChunkRunner, (self.fn,))
 
 
-def _chunks(iterator: Iterator[tuple], size: int) -> Iterator[List[tuple]]:
+def _chunks(iterator: Iterator[tuple], size: int, sizes: List[int]) -> Iterator[List[tuple]]:
+    """Lists of ``size`` items; each chunk's length is appended to ``sizes`` (for progress)."""
     while True:
         chunk = list(itertools.islice(iterator, size))
         if not chunk:
             return
+        sizes.append(len(chunk))
         yield chunk
 
 
@@ -119,7 +122,8 @@ class CloudPoolExecutor(Executor):
     def __init__(self, max_workers: Optional[int] = None, *, backend: Optional[str] = None,
                  storage: Optional[str] = None, runtime: Optional[str] = None,
                  initializer: Optional[Callable[..., Any]] = None, initargs: Tuple[Any, ...] = (),
-                 config: Optional[Mapping[str, Any]] = None, **backend_options: Any) -> None:
+                 config: Optional[Mapping[str, Any]] = None,
+                 retry: Union[None, int, RetryPolicy] = None, **backend_options: Any) -> None:
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(f"max_workers must be an int or None, not {type(max_workers).__name__}")
@@ -136,6 +140,7 @@ class CloudPoolExecutor(Executor):
             if value is not None:
                 overrides[key] = value
         self._config: Config = load_config(overrides)
+        self._retry_policy = as_policy(retry, self._config["retries"])
         backend_name = self._config["backend"]
         backend_cls = backends.get(backend_name)
 
@@ -155,7 +160,7 @@ class CloudPoolExecutor(Executor):
         caps = self._backend.capabilities
         self._max_workers = caps.max_concurrency
 
-        self._executor_id = "cp-" + os.urandom(8).hex()  # unguessable job keys
+        self._executor_id = "cp-" + os.urandom(16).hex()  # unguessable job keys
         self._keys = protocol.Keys(root, self._executor_id)
         self._event_base = {
             "protocol": protocol.PROTOCOL_VERSION,
@@ -237,13 +242,16 @@ class CloudPoolExecutor(Executor):
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
+    def _policy_for(self, fn: Callable) -> RetryPolicy:
+        return fn.policy if isinstance(fn, Retrying) else self._retry_policy
+
     def _job_for(self, fn: Callable) -> _manager.Job:
         entry = self._jobs_by_fn.get(id(fn))
         if entry is not None:
             ref, job = entry
             if ref() is fn and job.error is None:
                 return job
-        job = _manager.Job(f"j{next(self._job_seq):05d}", fn)
+        job = _manager.Job(f"j{next(self._job_seq):05d}", fn, self._policy_for(fn))
         try:
             ref: Callable[[], Any] = weakref.ref(fn)
         except TypeError:
@@ -305,12 +313,18 @@ class CloudPoolExecutor(Executor):
         with self._shutdown_lock:
             self._check_usable()
             self._ensure_manager()
+            sizes: List[int] = []
             if chunksize == 1:
                 job = self._job_for(fn)
                 futures = self._new_futures(job, (((args, {}) for args in arg_tuples)))
             else:
-                job = _manager.Job(f"j{next(self._job_seq):05d}", _ChunkRunner(fn))
-                futures = self._new_futures(job, (((chunk,), {}) for chunk in _chunks(arg_tuples, chunksize)))
+                job = _manager.Job(f"j{next(self._job_seq):05d}", _ChunkRunner(fn), self._policy_for(fn))
+                futures = self._new_futures(job, (((chunk,), {}) for chunk in _chunks(arg_tuples, chunksize, sizes)))
+        bar = progress.tracker(len(sizes) and sum(sizes) or len(futures), desc=progress.describe(fn),
+                               setting=self._config["progress"])
+        if bar is not None:
+            for i, f in enumerate(futures):
+                bar.watch(f, sizes[i] if sizes else 1)
         results = _result_iterator(futures, end_time)
         if chunksize == 1:
             return results

@@ -58,6 +58,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import cloudpickle
 
 from .. import errors as _errors
+from .. import progress
 from ..config import load_config
 from ..executor import CloudPoolExecutor, partitioned_for
 
@@ -681,6 +682,8 @@ class Pool:
             result._expect(0)
             return result
         post = self._completions.post
+        bar = progress.tracker(len(iterable), desc=progress.describe(func),
+                               setting=self._executor.config["progress"])
         n = 0
         chunk: Optional[List[Any]] = None
         it = iter(iterable)
@@ -701,6 +704,8 @@ class Pool:
                 result._input_failed(exc)
                 break
             future.add_done_callback(lambda f, i=n: post(result._on_chunk, (i, f)))
+            if bar is not None:
+                bar.watch(future, len(chunk))
             n += 1
         chunk = None  # not kept alive by this frame (arguments are released once sent)
         result._expect(n)
