@@ -83,7 +83,7 @@ class Call:
 
 class Batch:
     __slots__ = ("job", "number", "inv", "calls", "blob", "offsets", "seen", "progress_at", "last_seen",
-                 "result_keys")
+                 "result_keys", "fetching", "lost")
 
     def __init__(self, job: Job, number: int, calls: List[Call], blob: bytes, offsets: List[int]) -> None:
         self.job = job
@@ -94,6 +94,8 @@ class Batch:
         self.offsets = offsets
         self.seen: set = set()
         self.result_keys: List[str] = []
+        self.fetching = 0  # segments being fetched in the background
+        self.lost: Optional[InvocationLost] = None  # a loss notice waiting for those fetches
         self.progress_at = time.monotonic()
         self.last_seen = False
 
@@ -259,7 +261,11 @@ class Manager(threading.Thread):
             _tag, inv, status, blob = message
             batch = self.in_flight.get(inv)
             if batch is not None:
+                batch.fetching -= 1
                 self._apply(batch, status, blob)
+                if batch.fetching == 0 and batch.lost is not None and batch.inv in self.in_flight:
+                    notice, batch.lost = batch.lost, None
+                    self._on_lost(notice)
 
     def _purge_cancelled(self) -> None:
         """Notify waiters of calls cancelled while pending, as soon as they are cancelled."""
@@ -530,6 +536,7 @@ class Manager(threading.Thread):
                 self._apply(batch, status, self._fetch_result(status))
                 return
             self._fetching += 1
+            batch.fetching += 1
 
     def _fetch_result(self, status: Dict[str, Any]) -> Any:
         """The segment's result blob, checked against its checksum; an OSError on failure."""
@@ -700,6 +707,11 @@ class Manager(threading.Thread):
     def _on_lost(self, notice: InvocationLost) -> None:
         batch = self.in_flight.get(notice.inv)
         if batch is None:
+            return
+        if batch.fetching:
+            # Results of this batch are still on their way: judge the loss once they are
+            # applied, or calls that did finish would be failed or run twice.
+            batch.lost = notice
             return
         self._read_batch_statuses(batch)  # keep every result the worker did store
         if notice.inv not in self.in_flight:

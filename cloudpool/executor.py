@@ -155,6 +155,14 @@ class CloudPoolExecutor(Executor):
 
         options = self._config.section(backend_name)
         options.update(backend_options)
+        runtime_name = self._config["runtime"]
+        if runtime_name is not None:
+            # Backends that deploy something name it with their 'runtime' option.
+            if "runtime" not in backend_cls.option_names:
+                raise ValueError(f"runtime={runtime_name!r} was given, but the {backend_name!r} backend "
+                                 f"runs no deployed runtime; remove the runtime setting or choose a "
+                                 f"backend such as aws_lambda or kubernetes")
+            options.setdefault("runtime", runtime_name)
         self._backend = backend_cls(options, max_workers=self._config["max_workers"],
                                     storage_url=storage_url, storage_options=storage_options)
         caps = self._backend.capabilities
