@@ -120,4 +120,5 @@ else
     mv "$CF_TEST.part" "$CF_TEST"
 fi
 
+PYTHON="$PY" bash "$ROOT/scripts/install-lambda-deps.sh"  # podman + local images: tests/test_aws_lambda.py
 step "done" "test dependencies are installed"
