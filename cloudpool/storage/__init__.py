@@ -86,3 +86,11 @@ def clear_cache() -> None:
     """Forget cached backends (after a fork, or when tests restart a server)."""
     with _cache_lock:
         _cache.clear()
+
+
+# cloudpool.testing hook: a process started inside `local_cloud()` (a spawned worker, a
+# subprocess) finds the local cloud in its environment and redirects the same way.
+if os.environ.get("_CLOUDPOOL_LOCAL_CLOUD"):
+    from .. import _redirect
+
+    _redirect.activate_from_environment()
