@@ -60,10 +60,12 @@ def main(argv=None) -> int:
     parser.add_argument("--storage", default=None, help="storage URL for job data (default: config, else local)")
     parser.add_argument("--workers", type=int, default=None, help="max_workers")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--sample-mib", type=int, default=8,
+                        help="size of each of the 4 generated sample files, when no URL is given")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="cloudpool-wordcount-") as tmp:
-        url = args.url or generate_sample(os.path.join(tmp, "texts"))
+        url = args.url or generate_sample(os.path.join(tmp, "texts"), mib_per_file=args.sample_mib)
         inputs = objects(url, chunk_size=args.chunk_size)
         start = time.perf_counter()
         with CloudPoolExecutor(args.workers, backend=args.backend, storage=args.storage) as ex:
