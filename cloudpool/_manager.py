@@ -314,7 +314,10 @@ class Manager(threading.Thread):
                 blob = self.pickle_function(job.fn)
             except BaseException as exc:  # noqa: BLE001 - reported on every call of the job
                 if hasattr(exc, "add_note"):
-                    exc.add_note(f"cloudpool: the function {job.fn!r} could not be pickled to send it to workers")
+                    exc.add_note(f"cloudpool: the function {job.fn!r} could not be pickled to send it to "
+                                 f"workers; define it at module level, or create the unpicklable "
+                                 f"object (lock, connection, file) inside the function instead of "
+                                 f"capturing it")
                 job.error = exc
                 job.fn = None
                 return
@@ -357,7 +360,9 @@ class Manager(threading.Thread):
             return protocol.dumps(call.payload)
         except BaseException as exc:  # noqa: BLE001 - that call's error
             if hasattr(exc, "add_note"):
-                exc.add_note("cloudpool: the call's arguments could not be pickled")
+                exc.add_note("cloudpool: the call's arguments could not be pickled; pass data that "
+                             "pickles (plain values, arrays, paths) and create locks, connections "
+                             "or open files inside the function")
             _settle(call.future, exc=exc)
             return None
 
@@ -433,7 +438,8 @@ class Manager(threading.Thread):
         """
         policy = call.job.policy
         if cause == "invocation":
-            allowed = True
+            # Refusals (no permission, no such bucket/function) come back the same way.
+            allowed = not isinstance(exc, (PermissionError, FileNotFoundError))
         elif cause == "lost":
             allowed = policy.worker_lost
         elif cause == "timeout":
@@ -466,6 +472,7 @@ class Manager(threading.Thread):
     def _retire(self, batch: Batch) -> None:
         self.in_flight.pop(batch.inv, None)
         batch.job.outstanding.pop(batch.number, None)
+        batch.blob = b""  # the arguments' buffer: retried calls keep their own slices
         if not self.config["keep_data"]:
             # Its results are applied (or given up): the data is consumed. Deleted in
             # bulk, so cleaning up costs about one request per thousand keys.
@@ -511,7 +518,12 @@ class Manager(threading.Thread):
         for _due, _seq, call in self.delayed:
             _settle(call.future, exc=err, start=not call.started)
         self.delayed.clear()
-        batch.blob = b""
+        # Queued calls need the same storage (function, arguments, results): they would
+        # only start another round of the same wait.
+        with self.pending_lock:
+            while self.pending:
+                call = self.pending.popleft()
+                _settle(call.future, exc=_copy_exception(err), start=not call.started)
 
     # ------------------------------------------------------------------ results
     def _on_status(self, status: Dict[str, Any], inline_fetch: bool) -> None:
@@ -683,7 +695,10 @@ class Manager(threading.Thread):
         try:
             infos = list(self.storage.list(prefix))
         except OSError as exc:
-            LOGGER.warning("cloudpool: could not list %s: %s", prefix, exc)
+            # During an outage every lost batch would say the same: warn once per outage.
+            log = LOGGER.debug if self._storage_down_since is not None else LOGGER.warning
+            log("cloudpool: could not list %s: %s", prefix, exc)
+            self._storage_failed(exc)
             return
         for info in infos:
             if info.key in batch.seen:
@@ -741,10 +756,14 @@ class Manager(threading.Thread):
             # (throttled away, a container that never started, a connection cut).
             if notice.timed_out:
                 err = CallTimeoutError(notice.reason)
+            elif isinstance(notice.error, OSError):
+                # The platform or storage said why (unreachable, refused): that is the error.
+                err = notice.error
+                cause = "invocation"
             else:
                 err = WorkerLostError(notice.reason)
                 cause = "invocation"
-            if notice.error is not None:
+            if notice.error is not None and err is not notice.error:
                 err.__cause__ = notice.error
             calls = [batch.calls[i] for i in unresolved]
             for i in unresolved:
@@ -861,7 +880,10 @@ class Manager(threading.Thread):
 
 
 def _copy_exception(exc: BaseException) -> BaseException:
-    copy = type(exc)(*exc.args)
+    try:
+        copy = type(exc)(*exc.args)
+    except Exception:  # noqa: BLE001 - an exception class with its own constructor
+        return exc
     copy.__cause__ = exc.__cause__
     return copy
 

@@ -128,7 +128,10 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def _closest(name: str, candidates: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(candidates), n=1)
+    # Short names (s3, gs, az) differ by one character in a third of their length,
+    # below difflib's usual 0.6 cutoff: be more lenient for them.
+    cutoff = 0.6 if len(name) > 4 else 0.4
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -239,6 +242,7 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
             raise ConfigError(
                 f"unknown setting {label!r} in {origin}{_closest(key, list(SETTINGS) + sorted(section_names or ()))}; "
                 f"settings are {', '.join(SETTINGS)}, and sections are backend or storage names"
+                + (f" ({', '.join(sorted(section_names))})" if section_names else "")
             )
     if values["storage"] is None:
         values["storage"] = _default_storage()

@@ -21,6 +21,7 @@ import multiprocessing
 import multiprocessing.connection
 from multiprocessing.reduction import ForkingPickler
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -48,6 +49,16 @@ class _PipeHooks(worker_module.WorkerHooks):
 
     def segment_written(self, status: Dict[str, Any]) -> None:
         self.conn.send(("segment", self.inv, status))
+
+
+def _portable(exc: BaseException) -> Optional[BaseException]:
+    """``exc`` if it survives pickling (to cross the pipe), else an OSError/RuntimeError saying it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any pickling failure: send a stand-in
+        kind = OSError if isinstance(exc, OSError) else RuntimeError
+        return kind(f"{type(exc).__qualname__}: {exc}")
 
 
 def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
@@ -82,7 +93,7 @@ def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
         try:
             summary = worker_module.handle(event, hooks)
         except BaseException as exc:  # noqa: BLE001 - e.g. storage unreachable: report, keep serving
-            conn.send(("failed", inv, "".join(traceback.format_exception(exc))))
+            conn.send(("failed", inv, "".join(traceback.format_exception(exc)), _portable(exc)))
         else:
             calls_run += summary.get("calls", 0)
         del event
@@ -294,7 +305,8 @@ class LocalBackend(ComputeBackend):
             if self._notices:
                 self._notify(SegmentDone(message[2]))
         elif kind == "failed":
-            self._notify(InvocationLost(message[1], "the worker could not run the invocation:\n" + message[2]))
+            self._notify(InvocationLost(message[1], "the worker could not run the invocation:\n" + message[2],
+                                        error=message[3]))
         elif kind == "done":
             with self._lock:
                 self._where.pop(message[1], None)

@@ -7,6 +7,7 @@ behind a scheme is imported only when the scheme is first used.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -38,6 +39,13 @@ def split_url(url: str) -> Tuple[str, str, str]:
     if not isinstance(url, str) or not url:
         raise ValueError(f"a storage URL must be a non-empty string, not {url!r}")
     if "://" not in url:
+        # 's3:/bucket/x', 's3//bucket/x', 'gs:b/x' are typos of URLs, not local paths:
+        # taking them for relative paths would silently put data under './s3:/...'.
+        typo = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)(:/?|//)", url)
+        if typo and typo.group(1).lower() in set(storages.names()) | {"file"}:
+            scheme = typo.group(1).lower()
+            form = "file:///ABSOLUTE/PATH" if scheme == "file" else f"{scheme}://BUCKET/PREFIX"
+            raise ValueError(f"malformed URL {url!r}: write {form} (or ./{url} for a local path)")
         return "file", "", os.path.abspath(os.path.expanduser(url)).lstrip("/")
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()

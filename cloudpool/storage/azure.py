@@ -12,6 +12,12 @@ Which account and credential, in order:
    ``TokenCredential``), or, when that is absent and ``azure-identity`` is installed,
    ``DefaultAzureCredential`` (managed identity, environment, CLI login);
 3. the ``AZURE_STORAGE_CONNECTION_STRING`` environment variable.
+
+Transient failures (connection errors, time-outs, 408, 5xx) are retried by the SDK's
+``ExponentialRetry`` policy, set here to ``max_attempts`` tries in all (6 by default)
+with waits of about 1.6, 2.4, 3.5, 5.2, 7.7 s (~20 s in all) -- the SDK's default waits
+15 s and more, too slow for a store that blinks. A bare 429, which the SDK does not retry, is retried by
+``StorageRetry``. Other 4xx answers are never retried.
 """
 from __future__ import annotations
 
@@ -25,9 +31,9 @@ import requests.adapters
 from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
                                    ResourceNotFoundError)
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
-from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
+from .base import Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry, positive_int_option
 
 try:  # optional: the platform credential chain for account_url without a credential
     from azure.identity import DefaultAzureCredential
@@ -35,6 +41,9 @@ except ImportError:
     DefaultAzureCredential = None
 
 __all__ = ["AzureBlobStorage"]
+
+#: Tries per request, the first included, when ``max_attempts`` is not set.
+DEFAULT_MAX_ATTEMPTS = 6
 
 _DENIED_CODES = frozenset({
     "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
@@ -46,7 +55,8 @@ class AzureBlobStorage(StorageBackend):
     """``az://`` on Azure Blob Storage (or Azurite): one container of one account."""
 
     scheme = "az"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "account_url", "credential"})
+    option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "account_url", "credential",
+                                                         "max_attempts"})
     secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "credential"})
     #: Blobs per listing page (the service's maximum is 5000; tests lower it).
     list_page_size: ClassVar[int] = 1000
@@ -57,6 +67,9 @@ class AzureBlobStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
+        self.max_attempts = positive_int_option(self.scheme, "max_attempts",
+                                                options.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        self._retry = StorageRetry(attempts=self.max_attempts)
         self._container: PerProcess[ContainerClient] = PerProcess(
             lambda: self._make_service().get_container_client(self.bucket))
 
@@ -72,22 +85,41 @@ class AzureBlobStorage(StorageBackend):
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         transport = RequestsTransport(session=session, session_owner=False)
+        # The SDK waits initial_backoff + increment_base ** n (n = 1, 2, ...) +- jitter.
+        retry = ExponentialRetry(initial_backoff=0.1, increment_base=1.5, retry_total=self.max_attempts - 1,
+                                 random_jitter_range=0.25)
         o = self.options
         conn = o.get("connection_string")
         if conn:
-            return BlobServiceClient.from_connection_string(conn, transport=transport)
+            return BlobServiceClient.from_connection_string(conn, transport=transport, retry_policy=retry)
         if o.get("account_url"):
             credential = o.get("credential")
             if credential is None and DefaultAzureCredential is not None and "?" not in o["account_url"]:
                 credential = DefaultAzureCredential()
-            return BlobServiceClient(o["account_url"], credential=credential, transport=transport)
+            return BlobServiceClient(o["account_url"], credential=credential, transport=transport,
+                                     retry_policy=retry)
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         if conn:
-            return BlobServiceClient.from_connection_string(conn, transport=transport)
+            return BlobServiceClient.from_connection_string(conn, transport=transport, retry_policy=retry)
         raise PermissionError(
             f"{self.url()}: no Azure account given; set AZURE_STORAGE_CONNECTION_STRING, or "
             f"the storage options connection_string, or account_url (+ credential)"
         )
+
+    # ------------------------------------------------------------------ retries
+    @staticmethod
+    def _throttled(exc: BaseException) -> Optional[float]:
+        """A bare 429 (the SDK retries 408 and 5xx only): seconds to wait at least, or None."""
+        if isinstance(exc, HttpResponseError) and exc.status_code == 429:
+            response = getattr(exc, "response", None)
+            try:
+                return float(response.headers.get("Retry-After", 0)) if response is not None else 0.0
+            except (TypeError, ValueError):
+                return 0.0
+        return None
+
+    def _call(self, request):
+        return self._retry.run(request, self._throttled)
 
     # ------------------------------------------------------------------ errors
     def _error(self, exc: AzureError, key: str, action: str) -> OSError:
@@ -109,12 +141,17 @@ class AzureBlobStorage(StorageBackend):
                 f"identity, and that it may access container {self.bucket!r}"
             )
         message = exc.message if is_http else str(exc)
-        return OSError(f"{url}: {action} failed ({code or type(exc).__name__}): {message}")
+        if status is not None:
+            return OSError(f"{url}: {action} failed (HTTP {status} {code}) after {self.max_attempts} "
+                           f"attempts (storage option max_attempts): {message}")
+        return OSError(f"{url}: {action} failed ({code or type(exc).__name__}) after {self.max_attempts} "
+                       f"attempts (storage option max_attempts): {message}")
 
     # ------------------------------------------------------------------ primitives
     def put(self, key: str, data: Bytes) -> None:
         try:
-            self.container.upload_blob(key, bytes(data), overwrite=True)
+            body = bytes(data)
+            self._call(lambda: self.container.upload_blob(key, body, overwrite=True))
         except AzureError as exc:
             raise self._error(exc, key, "PUT") from exc
 
@@ -134,9 +171,9 @@ class AzureBlobStorage(StorageBackend):
             return b""
         try:
             if start == 0 and end is None:
-                return self.container.download_blob(key).readall()
+                return self._call(lambda: self.container.download_blob(key).readall())
             length = None if end is None else end - start
-            return self.container.download_blob(key, offset=start, length=length).readall()
+            return self._call(lambda: self.container.download_blob(key, offset=start, length=length).readall())
         except HttpResponseError as exc:
             if exc.status_code == 416:
                 return b""  # starts at or past the end
@@ -146,17 +183,23 @@ class AzureBlobStorage(StorageBackend):
 
     def head(self, key: str) -> ObjectInfo:
         try:
-            props = self.container.get_blob_client(key).get_blob_properties()
+            props = self._call(lambda: self.container.get_blob_client(key).get_blob_properties())
         except AzureError as exc:
             raise self._error(exc, key, "HEAD") from exc
         return ObjectInfo(key=key, size=int(props.size), etag=(props.etag or "").strip('"') or None,
                           mtime=props.last_modified.timestamp() if props.last_modified else None)
 
     def list(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
-        pages = self.container.list_blobs(name_starts_with=prefix or None,
-                                          results_per_page=self.list_page_size).by_page()
+        def fetch(token):
+            # A fresh pager per attempt: one that failed mid-request cannot be resumed.
+            pager = self.container.list_blobs(name_starts_with=prefix or None,
+                                              results_per_page=self.list_page_size).by_page(token)
+            return list(next(pager)), pager.continuation_token
+
+        token = None
         try:
-            for page in pages:  # one request per page, made when reached
+            while True:  # one request per page, made when reached
+                page, token = self._call(lambda: fetch(token))
                 for props in page:
                     # Azure has no StartAfter (its marker is opaque): skip client-side.
                     if start_after is not None and props.name <= start_after:
@@ -166,6 +209,8 @@ class AzureBlobStorage(StorageBackend):
                         etag=(props.etag or "").strip('"') or None,
                         mtime=props.last_modified.timestamp() if props.last_modified else None,
                     )
+                if not token:
+                    return
         except AzureError as exc:
             raise self._error(exc, prefix, "LIST") from exc
 
@@ -178,13 +223,13 @@ class AzureBlobStorage(StorageBackend):
             try:
                 if len(chunk) == 1:
                     try:
-                        self.container.delete_blob(chunk[0])
+                        self._call(lambda: self.container.delete_blob(chunk[0]))
                     except ResourceNotFoundError as exc:
                         if exc.error_code == "ContainerNotFound":
                             raise
                     continue
                 # One batch request; a missing blob is a 404 sub-response, not a failure.
-                responses = self.container.delete_blobs(*chunk, raise_on_any_failure=False)
+                responses = self._call(lambda: self.container.delete_blobs(*chunk, raise_on_any_failure=False))
             except AzureError as exc:
                 raise self._error(exc, chunk[0], "DELETE") from exc
             for key, response in zip(chunk, responses):

@@ -10,13 +10,24 @@ multipart uploads in ``put_file``).
 Errors: every backend turns its SDK's errors into the ``OSError`` family with the
 object's URL in the message: ``FileNotFoundError`` for a missing key or bucket,
 ``PermissionError`` for refused credentials, plain ``OSError`` otherwise.
+
+Transient failures (a reset connection, a time-out, 5xx, 429/SlowDown) are retried
+inside each primitive, a bounded number of times with jittered exponential back-off,
+so callers see an ``OSError`` only once the store stayed unusable. Where the SDK has
+its own retry machinery (botocore, google-api-core, azure-core) that does the work,
+configured per backend; ``StorageRetry`` below covers what the SDKs leave out (a body
+cut off after the answer began, a bare 429) and stores without an SDK (plain HTTP).
+Errors that another attempt cannot fix -- 4xx such as a missing bucket or refused
+credentials -- are never retried.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import random
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import (Any, BinaryIO, Callable, ClassVar, FrozenSet, Generic, Iterable, Iterator,
@@ -28,6 +39,62 @@ Bytes = Union[bytes, bytearray, memoryview]
 
 #: Reads through ``open()`` fetch this much per ranged GET.
 DEFAULT_READ_BLOCK = 8 * 1024 * 1024
+
+#: HTTP statuses that mean "try again": time-out, throttling, server-side trouble.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def positive_int_option(scheme: str, name: str, value: Any) -> int:
+    """Validate an integer storage option (``max_attempts``...), naming it on error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{scheme}:// storage option {name!r} must be an integer >= 1, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StorageRetry:
+    """Bounded retries of one storage request that failed transiently.
+
+    ``attempts`` tries in all (the first included), never more than ``total_seconds``
+    of waiting, each wait drawn from the upper half of an exponentially growing window
+    (``backoff`` doubled per retry, at most ``backoff_max``): by default the five
+    retries wait 7.75 to 15.5 s in all. Drawing from the upper half
+    rather than from zero ("equal jitter") still spreads out the clients that failed
+    together, yet guarantees the retries span a minimum time, which is what lets a
+    store that restarts in a few seconds come back before the attempts run out.
+    """
+
+    attempts: int = 6
+    backoff: float = 0.5
+    backoff_max: float = 8.0
+    total_seconds: float = 60.0
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
+        window = min(self.backoff_max, self.backoff * (2 ** (retry - 1)))
+        return random.uniform(window / 2, window)
+
+    def run(self, request: Callable[[], T], transient: Callable[[BaseException], Optional[float]]) -> T:
+        """``request()``, tried again while ``transient(exc)`` says the failure may pass.
+
+        ``transient`` returns None for a permanent failure (raised at once), else the
+        least number of seconds to wait (a server's Retry-After, capped at
+        ``backoff_max``; 0 for none).
+        """
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return request()
+            except Exception as exc:  # noqa: BLE001 - classified right here, re-raised unless transient
+                at_least = transient(exc)
+                if at_least is None or attempt >= self.attempts:
+                    raise
+                wait = max(self.delay(attempt), min(at_least, self.backoff_max))
+                if time.monotonic() - started + wait > self.total_seconds:
+                    raise
+                time.sleep(wait)
+                attempt += 1
 
 
 @dataclass(frozen=True)

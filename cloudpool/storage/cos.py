@@ -11,7 +11,8 @@ authenticate:
 With neither, ``ibm_boto3``'s own chain applies (``IBM_API_KEY_ID``/
 ``IBM_SERVICE_INSTANCE_ID`` or ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in the
 environment, ``~/.bluemix/cos_credentials``). The endpoint is ``endpoint_url``, else
-``AWS_ENDPOINT_URL``, else IBM's public endpoint for ``region``.
+``AWS_ENDPOINT_URL``, else IBM's public endpoint for ``region``. Retries of transient
+failures (``max_attempts``, ``retry_mode``) work as for ``s3://``.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class COSStorage(S3CompatibleStorage):
     sdk = IBM_BOTO3
     option_names: ClassVar[FrozenSet[str]] = frozenset({
         "endpoint_url", "region", "access_key_id", "secret_access_key",
-        "api_key", "service_instance_id", "auth_endpoint",
+        "api_key", "service_instance_id", "auth_endpoint", "max_attempts", "retry_mode",
     })
     # The instance id only names the COS instance (it is needed to create buckets);
     # it grants nothing without a key, so it may travel.

@@ -7,6 +7,11 @@ Credentials come from Google's own chain (Application Default Credentials); the 
 options are ``project`` and ``endpoint_url``. When ``STORAGE_EMULATOR_HOST`` is set, or
 ``endpoint_url`` is plain ``http://`` (only emulators such as fake-gcs-server speak
 it), the client sends no credentials at all (``AnonymousCredentials``).
+
+Transient failures (connection errors, 408, 429, 5xx) are retried by google-api-core's
+``Retry`` on every request, with jittered exponential back-off from 0.2 s to 5 s for at
+most ``retry_timeout`` seconds (30 by default; the SDK's own default is 120 s); 4xx
+answers such as a missing bucket or refused credentials are not retried.
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
 
+#: Seconds a request keeps being retried when ``retry_timeout`` is not set.
+DEFAULT_RETRY_TIMEOUT = 30.0
+
 __all__ = ["GCSStorage"]
 
 MiB = 1024 * 1024
@@ -33,7 +41,7 @@ class GCSStorage(StorageBackend):
     """``gs://`` on Google Cloud Storage or an emulator."""
 
     scheme = "gs"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({"project", "endpoint_url"})
+    option_names: ClassVar[FrozenSet[str]] = frozenset({"project", "endpoint_url", "retry_timeout"})
     #: Objects per listing page (GCS's maximum is 1000; tests lower it to exercise paging).
     list_page_size: ClassVar[int] = 1000
     #: Resumable uploads send parts of this size (a multiple of 256 KiB, as GCS requires).
@@ -46,6 +54,13 @@ class GCSStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
+        timeout = options.get("retry_timeout", DEFAULT_RETRY_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"gs:// storage option 'retry_timeout' must be a positive number of "
+                             f"seconds, not {timeout!r}")
+        # The SDK's predicate (what is transient) with our bounds on time and back-off.
+        self._retry = DEFAULT_RETRY.with_delay(initial=0.2, maximum=5.0, multiplier=2.0).with_timeout(
+            float(timeout))
         self._client: PerProcess[storage.Client] = PerProcess(self._make_client)
 
     # ------------------------------------------------------------------ client
@@ -96,7 +111,7 @@ class GCSStorage(StorageBackend):
     def _missing(self, key: str) -> FileNotFoundError:
         """A 404 on an object: say whether the bucket itself is missing."""
         try:
-            bucket_exists = self._bucket.exists()
+            bucket_exists = self._bucket.exists(retry=self._retry)
         except (gexc.GoogleAPIError, requests.RequestException):
             bucket_exists = True  # cannot tell (no buckets.get permission): blame the key
         if not bucket_exists:
@@ -120,7 +135,7 @@ class GCSStorage(StorageBackend):
         try:
             # Retrying is safe: an object is always written whole, by one writer.
             blob.upload_from_string(bytes(data), content_type="application/octet-stream",
-                                    retry=DEFAULT_RETRY)
+                                    retry=self._retry)
         except gexc.NotFound as exc:
             raise self._no_bucket(key) from exc
         except (gexc.GoogleAPIError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
@@ -131,7 +146,7 @@ class GCSStorage(StorageBackend):
         try:
             # Size unknown: a resumable upload, sent chunk by chunk from the file.
             blob.upload_from_file(fileobj, rewind=False, content_type="application/octet-stream",
-                                  retry=DEFAULT_RETRY)
+                                  retry=self._retry)
         except gexc.NotFound as exc:
             raise self._no_bucket(key) from exc
         except (gexc.GoogleAPIError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
@@ -147,7 +162,7 @@ class GCSStorage(StorageBackend):
         try:
             # GCS ranges are inclusive at both ends; ours is half-open.
             return blob.download_as_bytes(start=start or None,
-                                          end=None if end is None else end - 1)
+                                          end=None if end is None else end - 1, retry=self._retry)
         except gexc.RequestRangeNotSatisfiable:
             return b""  # starts at or past the end
         except gexc.NotFound as exc:
@@ -157,7 +172,7 @@ class GCSStorage(StorageBackend):
 
     def head(self, key: str) -> ObjectInfo:
         try:
-            blob = self._bucket.get_blob(key)
+            blob = self._bucket.get_blob(key, retry=self._retry)
         except (gexc.GoogleAPIError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
             raise self._error(exc, key, "HEAD") from exc
         if blob is None:
@@ -169,7 +184,7 @@ class GCSStorage(StorageBackend):
         # start_offset is inclusive where S3's StartAfter is not: skip the key itself.
         blobs = self.client.list_blobs(self.bucket, prefix=prefix or None,
                                        start_offset=start_after or None,
-                                       page_size=self.list_page_size)
+                                       page_size=self.list_page_size, retry=self._retry)
         try:
             for page in blobs.pages:  # one request per page, made when reached
                 for blob in page:
@@ -184,7 +199,7 @@ class GCSStorage(StorageBackend):
 
     def _delete_one(self, key: str) -> None:
         try:
-            self._bucket.blob(key).delete()
+            self._bucket.blob(key).delete(retry=self._retry)
         except gexc.NotFound:
             return  # already gone (or no bucket: nothing to delete either way)
         except (gexc.GoogleAPIError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:

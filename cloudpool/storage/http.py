@@ -7,6 +7,12 @@ and the key is the path (with the query string, if any), so presigned URLs work.
 A web server has no listing, so ``list(prefix)`` yields the one object the prefix
 names, if it exists, and nothing otherwise. Nothing can be written: ``put`` and
 ``delete`` raise ``PermissionError`` (``writable = False``).
+
+Transient failures are retried with ``StorageRetry`` (``max_attempts`` tries in all, 6 by
+default, jittered back-off over 7.75-15.5 s in all, Retry-After honoured up to 8 s): refused, reset or timed-out
+connections -- also when the body is cut off after the answer began, which urllib3's
+own retries cannot see -- and answers 408, 429, 500, 502, 503, 504. GET and HEAD are
+idempotent, so a retry is always safe. 4xx answers are never retried.
 """
 from __future__ import annotations
 
@@ -16,13 +22,38 @@ from typing import Any, ClassVar, FrozenSet, Iterable, Iterator, NoReturn, Optio
 
 import requests
 import requests.adapters
-from urllib3.util.retry import Retry
 
-from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
+from .base import (TRANSIENT_HTTP_STATUSES, Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry,
+                   positive_int_option)
 
 __all__ = ["HTTPStorage", "HTTPSStorage"]
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+DEFAULT_MAX_ATTEMPTS = 6
+
+
+class _TransientAnswer(Exception):
+    """The server answered with a status worth another try (kept to report it if none works)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _transient(exc: BaseException) -> Optional[float]:
+    """Seconds to wait at least before retrying ``exc``, or None when it is permanent."""
+    if isinstance(exc, _TransientAnswer):
+        try:
+            return float(exc.response.headers.get("Retry-After", 0))
+        except ValueError:
+            return 0.0  # an HTTP date: our own back-off will do
+    if isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.InvalidURL,
+                        requests.exceptions.TooManyRedirects)):
+        return None
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return 0.0  # refused, reset (also mid-body), timed out, cut short
+    return None
 
 
 class HTTPStorage(StorageBackend):
@@ -30,7 +61,7 @@ class HTTPStorage(StorageBackend):
 
     scheme = "http"
     writable = False
-    option_names: ClassVar[FrozenSet[str]] = frozenset({"timeout", "headers"})
+    option_names: ClassVar[FrozenSet[str]] = frozenset({"timeout", "headers", "max_attempts"})
     #: Headers may carry an Authorization token.
     secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"headers"})
     max_pool_connections: ClassVar[int] = 64
@@ -39,6 +70,9 @@ class HTTPStorage(StorageBackend):
         super().__init__(bucket, **options)
         self._session: PerProcess[requests.Session] = PerProcess(self._make_session)
         self._timeout = float(options.get("timeout", 60))
+        self.max_attempts = positive_int_option(self.scheme, "max_attempts",
+                                                options.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        self._retry = StorageRetry(attempts=self.max_attempts)
 
     # ------------------------------------------------------------------ session
     @property
@@ -48,11 +82,9 @@ class HTTPStorage(StorageBackend):
 
     def _make_session(self) -> requests.Session:
         session = requests.Session()
-        # GET and HEAD are idempotent: retry dropped connections and 5xx.
-        retry = Retry(total=4, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504),
-                      allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
+        # No urllib3 retries: _request retries the whole exchange, body included.
         adapter = requests.adapters.HTTPAdapter(
-            pool_connections=4, pool_maxsize=self.max_pool_connections, max_retries=retry)
+            pool_connections=4, pool_maxsize=self.max_pool_connections, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         # Ranges and sizes must refer to the stored bytes, not to a gzip of them.
@@ -61,11 +93,24 @@ class HTTPStorage(StorageBackend):
         return session
 
     def _request(self, method: str, key: str, headers: Optional[dict] = None) -> requests.Response:
+        """One request, its body read in full, retried while it fails transiently."""
+
+        def once() -> requests.Response:
+            # stream=False (the default): the body is read here, so a connection that
+            # breaks mid-body fails this attempt and is retried like any other.
+            response = self.session.request(method, self.url(key), headers=headers,
+                                            timeout=self._timeout, allow_redirects=True)
+            if response.status_code in TRANSIENT_HTTP_STATUSES:
+                raise _TransientAnswer(response)
+            return response
+
         try:
-            return self.session.request(method, self.url(key), headers=headers,
-                                        timeout=self._timeout, allow_redirects=True)
+            return self._retry.run(once, _transient)
+        except _TransientAnswer as exc:
+            return exc.response  # _raise_for reports the status
         except requests.RequestException as exc:
-            raise OSError(f"{self.url(key)}: {method} failed: {exc}") from exc
+            raise OSError(f"{self.url(key)}: {method} failed after {self.max_attempts} attempts "
+                          f"(the storage option max_attempts sets how many): {exc}") from exc
 
     def _raise_for(self, response: requests.Response, key: str, method: str) -> None:
         status = response.status_code
@@ -79,6 +124,9 @@ class HTTPStorage(StorageBackend):
                 f"{url}: {method} refused (HTTP {status}); the URL may need a token "
                 f"(a presigned URL, or an Authorization header in the 'headers' option)"
             )
+        if status in TRANSIENT_HTTP_STATUSES:
+            raise OSError(f"{url}: {method} failed (HTTP {status} {response.reason}) after "
+                          f"{self.max_attempts} attempts (the storage option max_attempts sets how many)")
         raise OSError(f"{url}: {method} failed (HTTP {status} {response.reason})")
 
     # ------------------------------------------------------------------ primitives

@@ -7,6 +7,14 @@ the ``OSError`` family. ``S3CompatibleStorage`` is written against an ``_SDK`` b
 code serves boto3 here and IBM's fork ``ibm_boto3`` in ``cos.py``; a subclass only says
 how to build the client (which options are credentials, which endpoint).
 
+Transient failures: botocore retries each request itself (its "standard" mode by default:
+connection errors, time-outs, 5xx, and throttling codes such as SlowDown, with jittered
+exponential back-off), ``max_attempts`` tries in all; ``retry_mode`` may select
+"adaptive", which also rate-limits the client after throttling. What botocore leaves
+out is retried here with ``StorageRetry``: a GET whose body is cut off after the answer
+began (botocore only retries until the headers arrive) and a bare HTTP 429 without a
+throttling code. 4xx errors (NoSuchBucket, AccessDenied...) are never retried.
+
 Credentials come only from the ``aws_*`` options or, when absent, from boto3's own
 chain (environment, profile, instance role); they are ``secret_option_names``, so they
 never reach a payload. ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` are honoured by
@@ -25,7 +33,8 @@ import botocore.config
 import botocore.exceptions
 import botocore.utils
 
-from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
+from .base import (TRANSIENT_HTTP_STATUSES, Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry,
+                   positive_int_option)
 
 __all__ = ["S3Storage", "S3CompatibleStorage"]
 
@@ -38,6 +47,25 @@ _DENIED_CODES = frozenset({
     "AccountProblem", "403", "Forbidden", "Unauthorized", "401",
 })
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+#: Throttling codes botocore retries itself (in every mode): a 429 carrying one of them
+#: has had its retries already.
+_SDK_THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+})
+#: botocore's retry modes; "legacy" is botocore's old default, kept for completeness.
+RETRY_MODES = ("standard", "adaptive", "legacy")
+#: Tries per request, the first included. botocore waits rand(0, 1) * min(2**n, 20) s
+#: (n = 0, 1, ...) between them, so 8 tries span up to 1+2+4+8+16+20+20 = 71 s, ~35 s on
+#: average. Its jitter starts at zero, so fewer tries would often give up within a few
+#: seconds (6 tries: 3% of requests within 6 s, measured); 8 ride out a store that
+#: restarts (SeaweedFS: ~4 s) while one that stays down fails within about a minute.
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+class _BodyCut(Exception):
+    """The answer's headers arrived but its body did not (reset, time-out, short read)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,14 @@ class S3CompatibleStorage(StorageBackend):
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
+        self.max_attempts = positive_int_option(self.scheme, "max_attempts",
+                                                options.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        self.retry_mode = options.get("retry_mode", "standard")
+        if self.retry_mode not in RETRY_MODES:
+            raise ValueError(f"{self.scheme}:// storage option 'retry_mode' must be one of "
+                             f"{', '.join(RETRY_MODES)}, not {self.retry_mode!r}")
+        # Our own retries (what botocore leaves out) get the same number of tries.
+        self._retry = StorageRetry(attempts=self.max_attempts)
         self._client: PerProcess[Any] = PerProcess(self._make_client)
 
     # ------------------------------------------------------------------ client
@@ -118,8 +154,9 @@ class S3CompatibleStorage(StorageBackend):
     def _config_kwargs(self) -> Dict[str, Any]:
         return {
             # "standard" retries back off on throttling and 5xx, which a burst of
-            # parallel result fetches can provoke; 5 attempts ride out a brief outage.
-            "retries": {"max_attempts": 5, "mode": "standard"},
+            # parallel result fetches can provoke, and on refused or reset connections.
+            # total_max_attempts counts the first try (botocore's max_attempts does not).
+            "retries": {"total_max_attempts": self.max_attempts, "mode": self.retry_mode},
             "max_pool_connections": self.max_pool_connections,
             "connect_timeout": 10,
             "read_timeout": 60,
@@ -146,9 +183,31 @@ class S3CompatibleStorage(StorageBackend):
         if "Expect" in headers and self.sdk.content_length(params.get("body")) == 0:
             del headers["Expect"]
 
+    # ------------------------------------------------------------------ retries
+    def _left_to_us(self, exc: BaseException) -> Optional[float]:
+        """Transient failures botocore did not retry: seconds to wait at least, or None."""
+        if isinstance(exc, _BodyCut):
+            return 0.0
+        if isinstance(exc, self.sdk.client_error):
+            response = exc.response  # type: ignore[attr-defined]
+            meta = response.get("ResponseMetadata", {})
+            code = response.get("Error", {}).get("Code")
+            if meta.get("HTTPStatusCode") == 429 and code not in _SDK_THROTTLING_CODES:
+                # Throttled, with a code botocore does not know: it did not retry.
+                try:
+                    return float((meta.get("HTTPHeaders") or {}).get("retry-after", 0))
+                except ValueError:
+                    return 0.0
+        return None
+
+    def _call(self, request: Callable[[], Any]) -> Any:
+        return self._retry.run(request, self._left_to_us)
+
     # ------------------------------------------------------------------ errors
     def _error(self, exc: BaseException, key: Optional[str], action: str) -> OSError:
         """Turn an SDK exception into the ``OSError`` family, naming the URL."""
+        if isinstance(exc, _BodyCut) and exc.__cause__ is not None:
+            exc = exc.__cause__
         url = self.url(key or "")
         if isinstance(exc, self.sdk.no_credentials_errors):
             return PermissionError(
@@ -157,6 +216,10 @@ class S3CompatibleStorage(StorageBackend):
                 f"storage options"
             )
         if not isinstance(exc, self.sdk.client_error):
+            name = type(exc).__name__
+            if any(word in name for word in ("Connection", "Timeout", "Streaming", "IncompleteRead")):
+                return OSError(f"{url}: {action} failed after {self.max_attempts} attempts, the last "
+                               f"with {name}: {exc} (the storage option max_attempts sets how many)")
             return OSError(f"{url}: {action} failed: {exc}")
         response = exc.response  # type: ignore[attr-defined]
         err = response.get("Error", {})
@@ -175,6 +238,10 @@ class S3CompatibleStorage(StorageBackend):
                 f"{url}: {action} refused ({code}: {message or code}); check the credentials "
                 f"and that they may access bucket {self.bucket!r}"
             )
+        if status in TRANSIENT_HTTP_STATUSES:
+            return OSError(f"{url}: {action} failed (HTTP {status} {code}: {message or code}) after "
+                           f"{self.max_attempts} attempts; the store at {self.client.meta.endpoint_url} "
+                           f"kept failing (raise the storage option max_attempts to wait longer)")
         return OSError(f"{url}: {action} failed ({code}: {message or code})")
 
     def _no_bucket(self, key: Optional[str]) -> FileNotFoundError:
@@ -196,7 +263,7 @@ class S3CompatibleStorage(StorageBackend):
     def put(self, key: str, data: Bytes) -> None:
         body = data if isinstance(data, bytes) else bytes(data)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body))
         except (self.sdk.client_error, self.sdk.core_error) as exc:
             raise self._error(exc, key, "PUT") from exc
 
@@ -223,9 +290,18 @@ class S3CompatibleStorage(StorageBackend):
         if start or end is not None:
             # HTTP ranges are inclusive at both ends; ours is half-open.
             kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
-        try:
+
+        def read_whole() -> bytes:
             response = self.client.get_object(Bucket=self.bucket, Key=key, **kwargs)
-            return response["Body"].read()
+            try:
+                return response["Body"].read()
+            except self.sdk.core_error as exc:
+                raise _BodyCut(f"the answer was cut: {exc}") from exc
+
+        try:
+            return self._call(read_whole)
+        except _BodyCut as exc:
+            raise self._error(exc, key, "GET") from exc.__cause__
         except self.sdk.client_error as exc:
             err = exc.response.get("Error", {})  # type: ignore[attr-defined]
             if err.get("Code") == "InvalidRange":
@@ -239,7 +315,7 @@ class S3CompatibleStorage(StorageBackend):
 
     def head(self, key: str) -> ObjectInfo:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
+            response = self._call(lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         except self.sdk.client_error as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
             if status == 404:
@@ -259,12 +335,12 @@ class S3CompatibleStorage(StorageBackend):
         kwargs: Dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(**kwargs, PaginationConfig={"PageSize": self.list_page_size})
-        # The paginator requests a page only when the previous one is used up, so a
-        # caller that stops early pays for what it read.
+        kwargs["MaxKeys"] = self.list_page_size
+        # One request per page, made only when the previous page is used up, so a caller
+        # that stops early pays for what it read.
         try:
-            for page in pages:
+            while True:
+                page = self._call(lambda: self.client.list_objects_v2(**kwargs))
                 for item in page.get("Contents", ()):
                     modified = item.get("LastModified")
                     yield ObjectInfo(
@@ -273,6 +349,9 @@ class S3CompatibleStorage(StorageBackend):
                         etag=(item.get("ETag") or "").strip('"') or None,
                         mtime=modified.timestamp() if modified is not None else None,
                     )
+                if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
+                    return
+                kwargs["ContinuationToken"] = page["NextContinuationToken"]
         except (self.sdk.client_error, self.sdk.core_error) as exc:
             raise self._error(exc, prefix, "LIST") from exc
 
@@ -284,10 +363,10 @@ class S3CompatibleStorage(StorageBackend):
             if not chunk:
                 return
             try:
-                response = self.client.delete_objects(
+                response = self._call(lambda: self.client.delete_objects(
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
-                )
+                ))
             except (self.sdk.client_error, self.sdk.core_error) as exc:
                 raise self._error(exc, chunk[0], "DELETE") from exc
             for failure in response.get("Errors", ()):
@@ -299,7 +378,7 @@ class S3CompatibleStorage(StorageBackend):
     def check(self) -> None:
         # HEAD bucket is the cheapest request that proves both the bucket and the keys.
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._call(lambda: self.client.head_bucket(Bucket=self.bucket))
         except (self.sdk.client_error, self.sdk.core_error) as exc:
             err = self._error(exc, "", "HEAD bucket")
             # HEAD bucket answers a bare 404: the bucket, not a key, is missing.
@@ -313,6 +392,7 @@ class S3Storage(S3CompatibleStorage):
     sdk = BOTO3
     option_names: ClassVar[FrozenSet[str]] = frozenset({
         "endpoint_url", "region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+        "max_attempts", "retry_mode",
     })
     secret_option_names: ClassVar[FrozenSet[str]] = frozenset({
         "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
