@@ -287,6 +287,9 @@ def _stand_in_class(name: str) -> type:
         """The local backend, answering to a cloud backend's name inside a local cloud."""
 
         stands_in_for: ClassVar[str] = ""
+        # The cloud backend's own options are checked against the real class in
+        # __init__; 'runtime' is listed so the executor hands the setting over.
+        option_names = LocalBackend.option_names | {"runtime"}
 
         def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
                      storage_url: str, storage_options: Dict[str, Any]) -> None:
