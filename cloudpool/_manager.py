@@ -47,6 +47,8 @@ STDLIB_LOGGER = logging.getLogger("concurrent.futures")
 
 #: Extra time, beyond the call timeout, before a silent invocation is declared lost.
 TIMEOUT_GRACE = 10.0
+#: Failed reads of one result object before its calls are treated as lost (retried).
+MAX_REFETCHES = 5
 
 
 class Job:
@@ -83,7 +85,7 @@ class Call:
 
 class Batch:
     __slots__ = ("job", "number", "inv", "calls", "blob", "offsets", "seen", "progress_at", "last_seen",
-                 "result_keys", "fetching", "lost")
+                 "result_keys", "fetching", "lost", "refetches", "recheck")
 
     def __init__(self, job: Job, number: int, calls: List[Call], blob: bytes, offsets: List[int]) -> None:
         self.job = job
@@ -96,6 +98,8 @@ class Batch:
         self.result_keys: List[str] = []
         self.fetching = 0  # segments being fetched in the background
         self.lost: Optional[InvocationLost] = None  # a loss notice waiting for those fetches
+        self.refetches: Dict[str, int] = {}  # status key -> result reads that failed
+        self.recheck = False  # its end-of-batch check must run again at the next poll
         self.progress_at = time.monotonic()
         self.last_seen = False
 
@@ -151,6 +155,7 @@ class Manager(threading.Thread):
         # First failure of the current storage outage (None while storage answers).
         self._storage_down_since: Optional[float] = None
         self._storage_error: Optional[BaseException] = None
+        self._storage_failures = 0  # ever; tells whether a sequence of reads all succeeded
         # Keys of retired batches, deleted in bulk (results are consumed once applied).
         self._garbage: List[str] = []
         self._garbage_at = time.monotonic()
@@ -311,7 +316,7 @@ class Manager(threading.Thread):
             blob = job.fn  # pickled before, its upload failed: try the upload again
         else:
             try:
-                blob = self.pickle_function(job.fn)
+                blob = self._pickle_function(job.fn)
             except BaseException as exc:  # noqa: BLE001 - reported on every call of the job
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"cloudpool: the function {job.fn!r} could not be pickled to send it to "
@@ -324,10 +329,11 @@ class Manager(threading.Thread):
             job.fn = blob
             job.fn_sum = protocol.checksum(blob)
         self.storage.put(self.keys.function(job.id), blob)
+        self._storage_ok()
         job.fn = None
         job.uploaded = True
 
-    def pickle_function(self, fn: Any) -> bytes:
+    def _pickle_function(self, fn: Any) -> bytes:
         if self.caps.remote:
             # Workers elsewhere lack the user's own modules: from now on those pickle
             # by value, for this function and for the arguments that follow.
@@ -373,7 +379,7 @@ class Manager(threading.Thread):
             except OSError as exc:
                 self._storage_failed(exc)
                 for c in calls:
-                    self._retry_or_fail(c, exc, "invocation")
+                    self._retry_or_fail(c, _copy_exception(exc), "invocation")
                 return
         if job.error is not None:
             for c in calls:
@@ -407,8 +413,9 @@ class Manager(threading.Thread):
             except OSError as exc:
                 self._storage_failed(exc)
                 for c in calls:
-                    self._retry_or_fail(c, exc, "invocation")
+                    self._retry_or_fail(c, _copy_exception(exc), "invocation")
                 return
+            self._storage_ok()
             event["args_key"] = key
         self.in_flight[batch.inv] = batch
         job.outstanding[number] = batch
@@ -425,7 +432,7 @@ class Manager(threading.Thread):
             transient = isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError))
             for c in calls:
                 if transient:
-                    self._retry_or_fail(c, exc, "invocation")
+                    self._retry_or_fail(c, _copy_exception(exc), "invocation")
                 else:
                     _settle(c.future, exc=exc)
 
@@ -480,11 +487,11 @@ class Manager(threading.Thread):
             self._garbage.extend(batch.seen)
             self._garbage.extend(batch.result_keys)
 
-    def _collect_garbage(self, force: bool = False) -> None:
+    def _collect_garbage(self) -> None:
         if not self._garbage:
             return
         now = time.monotonic()
-        if not force and len(self._garbage) < 1000 and now - self._garbage_at < 5.0 and self.in_flight:
+        if len(self._garbage) < 1000 and now - self._garbage_at < 5.0 and self.in_flight:
             return
         keys, self._garbage = self._garbage, []
         self._garbage_at = now
@@ -495,6 +502,9 @@ class Manager(threading.Thread):
 
     # ------------------------------------------------------------------ storage outages
     def _storage_failed(self, exc: BaseException) -> None:
+        self._storage_failures += 1
+        if isinstance(exc, (PermissionError, FileNotFoundError)):
+            return  # an answer, not an outage: storage is up
         if self._storage_down_since is None:
             self._storage_down_since = time.monotonic()
         self._storage_error = exc
@@ -554,7 +564,7 @@ class Manager(threading.Thread):
         """The segment's result blob, checked against its checksum; an OSError on failure."""
         key = status["result_key"]
         expected = status.get("result_sum")
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 blob = self.storage.get(key)
             except OSError as exc:
@@ -566,20 +576,31 @@ class Manager(threading.Thread):
                               f"({expected}) after two reads: it was corrupted in storage or in transit")
 
     def _fetch_async(self, inv: str, status: Dict[str, Any]) -> None:
-        self.inbox.put(("fetched", inv, status, self._fetch_result(status)))
+        try:
+            blob = self._fetch_result(status)
+        except BaseException as exc:  # noqa: BLE001 - an unmapped SDK error: the manager must hear back
+            blob = OSError(f"fetching {status.get('result_key')} failed: {exc!r}")
+        self.inbox.put(("fetched", inv, status, blob))
 
     def _apply(self, batch: Batch, status: Dict[str, Any], blob: Any) -> None:
+        key = status["key"]
+        if _is_transient(blob) and not isinstance(blob, IntegrityError):
+            refetches = batch.refetches[key] = batch.refetches.get(key, 0) + 1
+            if refetches <= MAX_REFETCHES:
+                # Storage did not answer: the result is still there. Forget this status so
+                # the next poll reads it again (an outage is bounded by 'storage_timeout').
+                self._storage_failed(blob)
+                batch.seen.discard(key)
+                if status.get("last"):
+                    batch.last_seen = False
+                return
+            # This one object keeps failing while storage answers otherwise: give up on
+            # the stored result; its calls run again (or fail) by the retry policy.
+        elif isinstance(blob, (bytes, bytearray, memoryview)):
+            self._storage_ok()
         fatal = status.get("fatal")
         if fatal:
             self._on_fatal(batch, status, blob)
-            return
-        if isinstance(blob, OSError) and not isinstance(blob, IntegrityError):
-            # Storage did not answer: the result is still there. Forget this status so
-            # the next poll reads it again (a storage outage is bounded by 'storage_timeout').
-            self._storage_failed(blob)
-            batch.seen.discard(status["key"])
-            if status.get("last"):
-                batch.last_seen = False
             return
         if status.get("result_key"):
             batch.result_keys.append(status["result_key"])
@@ -603,11 +624,13 @@ class Manager(threading.Thread):
                              worker=worker["id"], maxrss_kb=worker.get("maxrss_kb"))
                 self.stats.add(CallRecord(batch.job.id, batch.number, index, times["submitted"],
                                           times.get("invoked"), info.get("t0"), info.get("t1"), fetched,
-                                          worker["id"], worker.get("maxrss_kb"), bool(info.get("ok"))))
+                                          worker["id"], worker.get("maxrss_kb"), bool(info.get("ok")),
+                                          call.attempt))
             if "t0" in info and "t1" in info:
                 durations.append(info["t1"] - info["t0"])
             if isinstance(blob, BaseException):
-                self._retry_or_fail(call, blob, "invocation")  # a corrupted result: run it again
+                # A corrupt or unreadable result: run the call again (or fail it, by policy).
+                self._retry_or_fail(call, _copy_exception(blob), "invocation")
                 continue
             try:
                 value = protocol.load_at(blob, offsets, j)
@@ -635,15 +658,28 @@ class Manager(threading.Thread):
             job.est = mean if job.est is None else 0.5 * job.est + 0.5 * mean
         if status.get("last"):
             batch.last_seen = True
-        if batch.last_seen:
-            if batch.unresolved():
-                # A segment is missing from what we have seen: look in storage once.
-                self._read_batch_statuses(batch)
-            if batch.unresolved():
-                missing = ", ".join(map(str, batch.unresolved()))
-                self._fail_calls(batch, batch.unresolved(), BrokenCloudPool(
-                    f"the worker finished batch {batch.inv} but wrote no result for call(s) {missing}"))
-            self._retire(batch)
+        self._finish_if_complete(batch)
+
+    def _finish_if_complete(self, batch: Batch) -> None:
+        """Retire a batch whose last segment is in; fail calls it truly left without results.
+
+        Not while segments are still being fetched (they may hold those calls), and not
+        when storage could not be read just now: the next poll looks again.
+        """
+        if not batch.last_seen or batch.fetching or batch.inv not in self.in_flight:
+            return
+        if batch.unresolved():
+            # A segment is missing from what we have seen: look in storage once.
+            if not self._read_batch_statuses(batch) or batch.fetching:
+                batch.recheck = True
+                return
+            if batch.inv not in self.in_flight:
+                return  # what was read settled and retired it
+        if batch.unresolved():
+            missing = ", ".join(map(str, batch.unresolved()))
+            self._fail_calls(batch, batch.unresolved(), BrokenCloudPool(
+                f"the worker finished batch {batch.inv} but wrote no result for call(s) {missing}"))
+        self._retire(batch)
 
     def _on_fatal(self, batch: Batch, status: Dict[str, Any], blob: Any) -> None:
         fatal = status["fatal"]
@@ -689,9 +725,13 @@ class Manager(threading.Thread):
                 batch.calls[i] = None
                 _settle(call.future, exc=exc)
 
-    def _read_batch_statuses(self, batch: Batch) -> None:
-        """Read every status of one batch straight from storage (the source of truth)."""
+    def _read_batch_statuses(self, batch: Batch) -> bool:
+        """Read every status of one batch straight from storage (the source of truth).
+
+        Returns False if storage failed on the way (the picture may be incomplete).
+        """
         prefix = self.keys.batch_status_prefix(batch.job.id, batch.number)
+        failures = self._storage_failures
         try:
             infos = list(self.storage.list(prefix))
         except OSError as exc:
@@ -699,13 +739,14 @@ class Manager(threading.Thread):
             log = LOGGER.debug if self._storage_down_since is not None else LOGGER.warning
             log("cloudpool: could not list %s: %s", prefix, exc)
             self._storage_failed(exc)
-            return
+            return False
         for info in infos:
             if info.key in batch.seen:
                 continue
             status = self._read_status(info.key)
             if status is not None:
                 self._on_status(status, inline_fetch=True)
+        return self._storage_failures == failures
 
     def _read_status(self, key: str) -> Optional[Dict[str, Any]]:
         try:
@@ -716,6 +757,7 @@ class Manager(threading.Thread):
                 self._storage_failed(exc)
             return None
         status["key"] = key
+        self._storage_ok()
         return status
 
     # ------------------------------------------------------------------ losses
@@ -824,6 +866,9 @@ class Manager(threading.Thread):
 
     def _poll(self) -> int:
         found = 0
+        for batch in [b for b in self.in_flight.values() if b.recheck]:
+            batch.recheck = False
+            self._finish_if_complete(batch)
         jobs = {b.job for b in self.in_flight.values()}
         for job in jobs:
             if not job.outstanding:
@@ -836,8 +881,7 @@ class Manager(threading.Thread):
                 LOGGER.warning("cloudpool: status poll failed (will retry): %s", exc)
                 self._storage_failed(exc)
                 continue
-            if self._storage_down_since is not None and not self._fetching:
-                self._storage_ok()
+            self._storage_ok()
             for info in infos:
                 batch_no, _seg = protocol.parse_status_key(info.key)
                 batch = job.outstanding.get(batch_no)
@@ -877,6 +921,11 @@ class Manager(threading.Thread):
             except OSError as exc:
                 LOGGER.warning("cloudpool: could not delete job data under %s: %s "
                                "(run 'cloudpool clean')", self.storage.url(self.keys.executor_prefix), exc)
+
+
+def _is_transient(exc: Any) -> bool:
+    """An OSError worth trying again: not an answer such as 'no such key' or 'forbidden'."""
+    return isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError))
 
 
 def _copy_exception(exc: BaseException) -> BaseException:

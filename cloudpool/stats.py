@@ -1,6 +1,8 @@
 """Per-call timing records of an executor, and their summary.
 
-The manager appends one ``CallRecord`` per call whose result (or error) it fetched; the
+The manager appends one ``CallRecord`` per attempt of a call whose result (or error) it
+fetched -- a call retried after a failed attempt has one record per attempt, numbered by
+``attempt`` (0 = the first), since each attempt used the platform (and is billed); the
 executor's ``stats()`` hands out an ``ExecutorStats`` snapshot. Records are small tuples
 of floats, kept for the executor's lifetime, so a 100,000-call job costs a few MB; the
 futures themselves are not kept alive for this.
@@ -33,6 +35,8 @@ class CallRecord(NamedTuple):
     #: The worker's peak resident memory when it stored the result, in KiB.
     maxrss_kb: Optional[int]
     ok: bool
+    #: 0 for a call's first attempt, n for its n-th retry.
+    attempt: int = 0
 
     @property
     def duration(self) -> Optional[float]:
@@ -102,6 +106,7 @@ class ExecutorStats:
             "calls": len(calls),
             "ok": sum(1 for c in calls if c.ok),
             "failed": sum(1 for c in calls if not c.ok),
+            "retries": sum(1 for c in calls if c.attempt > 0),
             "invocations": self.invocations,
             "workers": len({c.worker for c in calls if c.worker is not None}),
             "wall_seconds": (end - start) if calls else 0.0,

@@ -524,8 +524,12 @@ class LambdaBackend(ComputeBackend):
                     hint = ""
                     if code == "ResourceNotFoundException":
                         hint = "; deploy it with `cloudpool runtime deploy --backend aws_lambda`"
+                    # Mapped (FileNotFoundError, PermissionError...): the manager gives the
+                    # calls this error and does not retry a refusal.
+                    error = self._api_error(exc, "invoke")
+                    error.__cause__ = exc
                     self._notify(InvocationLost(job.inv, f"Lambda refused to invoke {self.function_name!r}: "
-                                                         f"{problem}{hint}", error=exc))
+                                                         f"{problem}{hint}", error=error))
                     return
             except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as exc:
                 problem = f"cannot connect to the Lambda API ({_short(exc)})"  # surely never sent
