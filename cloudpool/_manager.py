@@ -28,6 +28,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -158,6 +159,9 @@ class Manager(threading.Thread):
         self._storage_failures = 0  # ever; tells whether a sequence of reads all succeeded
         # Keys of retired batches, deleted in bulk (results are consumed once applied).
         self._garbage: List[str] = []
+        # The user's own modules shipped to remote workers: what was zipped, and where.
+        self._modules_signature: Optional[tuple] = None
+        self._modules_ref: Optional[Dict[str, str]] = None
         self._garbage_at = time.monotonic()
 
     # ------------------------------------------------------------------ user-thread API
@@ -335,10 +339,23 @@ class Manager(threading.Thread):
 
     def _pickle_function(self, fn: Any) -> bytes:
         if self.caps.remote:
-            # Workers elsewhere lack the user's own modules: from now on those pickle
-            # by value, for this function and for the arguments that follow.
-            _shipping.register_users_modules()
+            # Workers elsewhere lack the user's own modules: ship their sources (once
+            # per content) before anything that refers to them is invoked.
+            self._ship_users_modules()
         return protocol.dumps(fn)
+
+    def _ship_users_modules(self) -> None:
+        modules = _shipping.users_modules()
+        signature = tuple(sorted((name, _mtime(path)) for name, path in modules.items()))
+        if signature == self._modules_signature:
+            return
+        bundle = _shipping.build_bundle(modules)
+        if bundle is not None:
+            key = self.keys.modules(bundle.checksum)
+            self.storage.put(key, bundle.data)  # OSError: the caller retries the upload
+            self._modules_ref = {"key": key, "digest": bundle.checksum,
+                                 "sum": protocol.checksum(bundle.data)}
+        self._modules_signature = signature
 
     def _pickle_calls(self, calls: List[Call]) -> List[Call]:
         """Fill ``call.pickled``; fail (and drop) calls whose arguments cannot be pickled."""
@@ -404,6 +421,8 @@ class Manager(threading.Thread):
         event = dict(self.event_base)
         event.update(job=job.id, batch=number, offsets=offsets, init=self.has_initializer,
                      fn_sum=job.fn_sum, args_sum=protocol.checksum(blob))
+        if self._modules_ref is not None:
+            event["modules"] = self._modules_ref
         if len(blob) <= self.config["inline_limit"]:
             event["args"] = blob
         else:
@@ -798,8 +817,8 @@ class Manager(threading.Thread):
             # (throttled away, a container that never started, a connection cut).
             if notice.timed_out:
                 err = CallTimeoutError(notice.reason)
-            elif isinstance(notice.error, OSError):
-                # The platform or storage said why (unreachable, refused): that is the error.
+            elif isinstance(notice.error, (PermissionError, FileNotFoundError)):
+                # The platform refused (no permission, no such function): that is the error.
                 err = notice.error
                 cause = "invocation"
             else:
@@ -921,6 +940,13 @@ class Manager(threading.Thread):
             except OSError as exc:
                 LOGGER.warning("cloudpool: could not delete job data under %s: %s "
                                "(run 'cloudpool clean')", self.storage.url(self.keys.executor_prefix), exc)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
 
 
 def _is_transient(exc: Any) -> bool:

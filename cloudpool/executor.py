@@ -16,7 +16,7 @@ import weakref
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
-from . import _manager, _shipping, progress, protocol
+from . import _manager, progress, protocol
 from .compute import backends
 from .compute import local as _local_backend  # noqa: F401  (the default: imported up front so cold starts stay short)
 from .config import Config, load_config
@@ -228,8 +228,6 @@ class CloudPoolExecutor(Executor):
             # (`cloudpool clean` removes prefixes whose owner is gone).
             self._storage.put(self._keys.client, protocol.json_bytes(protocol.client_marker(self._backend.name)))
             if has_initializer:
-                if self._backend.capabilities.remote:
-                    _shipping.register_users_modules()  # an initializer from the user's own module
                 # Pickled now, in the caller's thread, so a bad initializer fails submit() loudly.
                 self._storage.put(self._keys.init, protocol.dumps((self._initializer, self._initargs)))
                 self._initializer = self._initargs = None

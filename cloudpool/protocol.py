@@ -4,6 +4,7 @@ Key layout under the storage root (one executor = one unguessable id)::
 
     <root>/<executor>/client.json                      who owns the executor (host, pid, start time)
     <root>/<executor>/init.pickle                      initializer + initargs (once per executor)
+    <root>/<executor>/modules/<digest>.zip             the user's own modules, for remote workers
     <root>/<executor>/<job>/function.pickle            the function, cloudpickled once per job
     <root>/<executor>/<job>/args/<batch>.pickle        a batch's arguments, when too big to inline
     <root>/<executor>/<job>/results/<batch>.<seg>.pickle   results of one segment of a batch
@@ -77,6 +78,10 @@ class Keys:
     def client(self) -> str:
         """The owner marker: ``cloudpool clean`` reads it to tell live executors from crashed ones."""
         return self.executor_prefix + "client.json"
+
+    def modules(self, digest: str) -> str:
+        """A zip of the user's own module sources, named by its content."""
+        return f"{self.executor_prefix}modules/{digest}.zip"
 
     @property
     def init(self) -> str:

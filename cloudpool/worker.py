@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import cloudpickle
 
-from . import protocol
+from . import _shipping, protocol
 from .errors import CallTimeoutError, UnpicklableRemoteError
 from .storage import get_storage, split_url
 from .storage.base import StorageBackend
@@ -223,6 +223,15 @@ def handle(event: Dict[str, Any], hooks: Optional[WorkerHooks] = None) -> Dict[s
     if mismatch:
         _fatal(storage, keys, event, "version", mismatch, None, hooks)
         return {"fatal": "version", "message": mismatch}
+
+    if event.get("modules"):
+        # Before anything is unpickled: the initializer and function may live there.
+        try:
+            _shipping.install(storage.get, event["modules"])
+        except BaseException as exc:  # noqa: BLE001 - reported to the client on the batch's calls
+            _fatal(storage, keys, event, "load", f"the client's modules could not be installed: {exc}",
+                   exc, hooks)
+            return {"fatal": "load"}
 
     if event.get("init") and keys.executor_id not in _initialized:
         try:

@@ -333,7 +333,7 @@ class BackendTest(unittest.TestCase):
 
     def test_users_own_module_travels_by_value(self):
         # A module that exists only in a client-side directory (not on the runtimes'
-        # sys.path): its function and class must reach the workers inside the pickle.
+        # sys.path): the client ships its source, and the workers import it.
         with tempfile.TemporaryDirectory(prefix="cp-userlib-") as tmp:
             name = "cp_userlib_" + uuid.uuid4().hex[:8]
             with open(os.path.join(tmp, name + ".py"), "w") as f:
@@ -352,7 +352,7 @@ class BackendTest(unittest.TestCase):
                 sys.path.remove(tmp)
                 sys.modules.pop(name, None)
         self.assertNotEqual(pid, os.getpid())
-        # cloudpickle keeps class identity across the round trip.
+        # Imported by name on the worker, so the result is an instance of the client's class.
         self.assertIsInstance(point, mod.Point)
         self.assertEqual((point.x, point.y), (20, 30))
 
@@ -379,7 +379,9 @@ class BackendTest(unittest.TestCase):
         cluster, victim = _State.cluster, HOSTS - 1
         victim_url = _State.base_urls[victim]
         try:
-            with self.executor() as ex:
+            # retry=0: the stdlib's behaviour, each lost call fails (the default policy
+            # re-runs them elsewhere: test_killed_host_calls_are_retried_on_the_others).
+            with CloudPoolExecutor(storage=fresh_storage_url(), config=knative_config(), retry=0) as ex:
                 fs = [ex.submit(host_index, 4.0) for _ in range(HOSTS * CONCURRENCY)]
                 deadline = time.monotonic() + BOUND
                 while runtime_stats(victim_url).get("active", 0) < 1:
@@ -406,6 +408,27 @@ class BackendTest(unittest.TestCase):
                 hosts = list(ex.map(host_index, [0.05] * 24))
                 self.assertNotIn(str(victim), hosts)
                 self.assertLess(time.monotonic() - start, BOUND)
+        finally:
+            cluster.restart(victim)
+
+    def test_killed_host_calls_are_retried_on_the_others(self):
+        cluster, victim = _State.cluster, HOSTS - 1
+        victim_url = _State.base_urls[victim]
+        try:
+            with self.executor() as ex:  # the default retry policy
+                fs = [ex.submit(host_index, 2.0) for _ in range(HOSTS * CONCURRENCY)]
+                deadline = time.monotonic() + BOUND
+                while runtime_stats(victim_url).get("active", 0) < 1:
+                    self.assertLess(time.monotonic(), deadline, "no call reached the victim host")
+                    time.sleep(0.05)
+                cluster.kill(victim)
+                done, not_done = cf.wait(fs, timeout=BOUND)
+                self.assertFalse(not_done)
+                # Every call completes, the victim's on the living hosts.
+                hosts = [f.result() for f in fs]
+                self.assertNotIn(str(victim), hosts)
+                self.assertEqual(len(hosts), HOSTS * CONCURRENCY)
+                self.assertGreater(ex.stats().summary()["calls"], 0)
         finally:
             cluster.restart(victim)
 

@@ -564,6 +564,12 @@ class KnativeBackend(ComputeBackend):
             svc, wait = self._pick(now)
             if svc is None:
                 if now + wait > give_up:
+                    if unreachable == refusals == 0:
+                        # Every URL was benched by earlier invocations: say which and why.
+                        down = [s.url for s in self._services if s.down_until > now]
+                        busy = [s.url for s in self._services if s.busy_until > now]
+                        last_problem = (f"cannot connect to {', '.join(down)} (refused earlier)" if down
+                                        else f"{', '.join(busy)} answered busy" if busy else last_problem)
                     self._finish(job, f"no knative service could take it within retry_seconds="
                                       f"{self.retry_seconds:g} s; last: {last_problem}")
                     return
