@@ -48,38 +48,16 @@ from cloudpool.compute.aws_lambda import LambdaBackend
 from cloudpool.compute.base import InvocationLost
 from cloudpool.errors import CallTimeoutError, RemoteTraceback, VersionMismatchError, WorkerLostError
 from tests import lambda_stack, servers
+from tests.lambda_functions import add, raise_key_error, sleep_for, square, where
 
 BOUND = 30.0  # seconds: no failure may take longer to surface
 REGION = servers.S3_REGION
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": servers.S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": servers.S3_SECRET_KEY,
                "AWS_DEFAULT_REGION": REGION}
 
-# The functions below run in Lambda containers, which have neither this repository nor the
-# tests package: the executor ships this module by value (cloudpool._shipping), as any
+# The functions run in Lambda containers, which have neither this repository nor the
+# tests package: the executor ships their module's source (cloudpool._shipping), as any
 # user's own code must travel; nothing here registers it by hand.
-
-
-def square(x):
-    return x * x
-
-
-def add(x, y):
-    return x + y
-
-
-def raise_key_error(key):
-    raise KeyError(key)
-
-
-def sleep_for(seconds):
-    time.sleep(seconds)
-    return seconds
-
-
-def where():
-    return {"task_root": os.environ.get("LAMBDA_TASK_ROOT") or os.getcwd(),
-            "function": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"), "pid": os.getpid()}
-
 
 def metadata_answer(**versions) -> str:
     """What runtime/aws_lambda/handler.py answers to the metadata request, with overrides."""
