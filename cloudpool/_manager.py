@@ -448,7 +448,7 @@ class Manager(threading.Thread):
             self._retire(batch)
             # Only a platform that could not be reached is worth another try; a refusal
             # of the event itself (too big, bad settings) would fail again.
-            transient = isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError))
+            transient = _is_transient(exc)
             for c in calls:
                 if transient:
                     self._retry_or_fail(c, _copy_exception(exc), "invocation")
@@ -522,8 +522,8 @@ class Manager(threading.Thread):
     # ------------------------------------------------------------------ storage outages
     def _storage_failed(self, exc: BaseException) -> None:
         self._storage_failures += 1
-        if isinstance(exc, (PermissionError, FileNotFoundError)):
-            return  # an answer, not an outage: storage is up
+        if not _is_transient(exc):
+            return  # an answer (forbidden, no such key), not an outage: storage is up
         if self._storage_down_since is None:
             self._storage_down_since = time.monotonic()
         self._storage_error = exc
@@ -724,7 +724,7 @@ class Manager(threading.Thread):
                 exc.add_note(f"cloudpool: {fatal.get('message')}")
             # Storage trouble while the worker loaded its function or arguments (an
             # outage, a torn read) may pass; a module missing on the runtime will not.
-            transient = isinstance(exc, OSError) and not isinstance(exc, (PermissionError, FileNotFoundError))
+            transient = _is_transient(exc)
             unresolved = batch.unresolved()
             if not transient:
                 self._fail_calls(batch, unresolved, exc)
