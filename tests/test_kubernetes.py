@@ -840,7 +840,8 @@ class RuntimeTest(KubeTestCase):
         for rel in ("Dockerfile", "entry.py", "requirements.txt"):
             self.assertTrue(os.path.exists(os.path.join(out, "runtime", "kubernetes", rel)), rel)
         self.assertTrue(os.path.exists(os.path.join(out, "cloudpool", "worker.py")))
-        self.assertTrue(os.path.exists(os.path.join(out, "setup.cfg")))
+        for rel in ("setup.py", "setup.cfg", "pyproject.toml"):  # what `pip install .` in the image reads
+            self.assertTrue(os.path.exists(os.path.join(out, rel)), rel)
         with open(os.path.join(out, "runtime", "kubernetes", "requirements.txt")) as f:
             self.assertEqual(f.read(), "numpy==1.26.4\n")
         self.assertEqual(meta["image"], "cloudpool-runtime-numpy:" + protocol.versions()["cloudpool"])

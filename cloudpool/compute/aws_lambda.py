@@ -77,6 +77,7 @@ from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import split_url
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
+from ._runtime_files import runtime_file
 
 LOGGER = logging.getLogger("cloudpool")
 
@@ -814,14 +815,8 @@ def _build_dir() -> str:
 
 
 def handler_source_path() -> str:
-    """``runtime/aws_lambda/handler.py`` of the source tree this cloudpool runs from."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(here, "runtime", "aws_lambda", "handler.py")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"the Lambda entry point {path} is missing: building a runtime needs cloudpool's source tree "
-            f"(runtime/aws_lambda/handler.py); run `cloudpool runtime build` from a checkout")
-    return path
+    """``runtime/aws_lambda/handler.py``, from the installed package or the source checkout."""
+    return runtime_file("aws_lambda", "handler.py")
 
 
 def _add_tree(zf: zipfile.ZipFile, src: str, arc_root: str) -> None:
@@ -901,8 +896,7 @@ def _build_image_context(name: str, requirements: List[str], context: str) -> Di
     if os.path.isdir(context):
         shutil.rmtree(context)
     os.makedirs(context)
-    runtime_dir = os.path.dirname(handler_source_path())
-    shutil.copy(os.path.join(runtime_dir, "Dockerfile"), os.path.join(context, "Dockerfile"))
+    shutil.copy(runtime_file("aws_lambda", "Dockerfile"), os.path.join(context, "Dockerfile"))
     shutil.copy(handler_source_path(), os.path.join(context, f"{HANDLER_MODULE}.py"))
     shutil.copytree(os.path.dirname(os.path.abspath(cloudpool.__file__)), os.path.join(context, "cloudpool"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -68,6 +68,7 @@ from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import get_storage, split_url
 from ..storage.base import StorageBackend
+from ._runtime_files import project_files, runtime_file
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 LOGGER = logging.getLogger("cloudpool")
@@ -904,20 +905,6 @@ class KubernetesBackend(ComputeBackend):
             self._delete_job(job)
 
     # ------------------------------------------------------------------ runtimes
-    def _source_root(self) -> str:
-        import cloudpool
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(cloudpool.__file__)))
-        needed = ["setup.cfg", "pyproject.toml", os.path.join("runtime", "kubernetes", "Dockerfile"),
-                  os.path.join("runtime", "kubernetes", "entry.py")]
-        missing = [p for p in needed if not os.path.exists(os.path.join(root, p))]
-        if missing:
-            raise FileNotFoundError(
-                f"building the kubernetes runtime needs a cloudpool source checkout (missing under "
-                f"{root}: {', '.join(missing)}); run it from a clone of the repository installed with "
-                f"pip install -e .")
-        return root
-
     def _default_image(self, name: str) -> str:
         return self.image or f"cloudpool-runtime-{name}:{__version__}"
 
@@ -930,21 +917,24 @@ class KubernetesBackend(ComputeBackend):
             if req.startswith("-") or "\n" in req:
                 raise ValueError(f"runtime requirement {req!r} must be a pip requirement such as "
                                  f"'numpy==1.26.4', not an option")
-        root = self._source_root()
+        import cloudpool
+
+        # The files first: a broken installation fails before anything is written.
+        runtime_sources = {fname: runtime_file("kubernetes", fname) for fname in ("Dockerfile", "entry.py")}
         context = os.path.abspath(output) if output else tempfile.mkdtemp(prefix=f"cloudpool-runtime-{name}-")
         os.makedirs(context, exist_ok=True)
-        for fname in ("setup.cfg", "pyproject.toml", "README.md"):
-            if os.path.exists(os.path.join(root, fname)):
-                shutil.copy2(os.path.join(root, fname), os.path.join(context, fname))
+        # Laid out like the repository, which the Dockerfile expects: the project files
+        # (so `pip install .` installs this exact cloudpool), the package, runtime/kubernetes/.
+        project_source = project_files(context)
         pkg_dst = os.path.join(context, "cloudpool")
         if os.path.exists(pkg_dst):
             shutil.rmtree(pkg_dst)
-        shutil.copytree(os.path.join(root, "cloudpool"), pkg_dst,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(os.path.dirname(os.path.abspath(cloudpool.__file__)), pkg_dst,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_runtime"))
         rt_dst = os.path.join(context, "runtime", "kubernetes")
         os.makedirs(rt_dst, exist_ok=True)
-        for fname in ("Dockerfile", "entry.py"):
-            shutil.copy2(os.path.join(root, "runtime", "kubernetes", fname), os.path.join(rt_dst, fname))
+        for fname, source in runtime_sources.items():
+            shutil.copy2(source, os.path.join(rt_dst, fname))
         with open(os.path.join(rt_dst, "requirements.txt"), "w", encoding="utf-8") as f:
             f.write("".join(r + "\n" for r in reqs))
         versions = protocol.versions()
@@ -957,7 +947,7 @@ class KubernetesBackend(ComputeBackend):
         ]
         tool = shutil.which("podman") or shutil.which("docker")
         result: Dict[str, Any] = {"name": name, "image": image, "context": context, "versions": versions,
-                                  "requirements": reqs}
+                                  "requirements": reqs, "project_files_from": project_source}
         if tool is None:
             shown = " ".join(_quote(a) for a in ["docker"] + command)
             print(f"cloudpool: no podman or docker on PATH; build the image with:\n  {shown}\n"
