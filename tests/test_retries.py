@@ -209,6 +209,20 @@ class FaultyStorage(LocalStorage):
 storages.register("faultyfile", FaultyStorage, replace=True)
 
 
+class DeleteCountingStorage(LocalStorage):
+    """Local disk that counts the bulk deletes the client makes (only the client deletes)."""
+
+    scheme = "countingfile"
+    deletes = 0
+
+    def delete(self, keys):
+        type(self).deletes += 1
+        return super().delete(keys)
+
+
+storages.register("countingfile", DeleteCountingStorage, replace=True)
+
+
 def triple(x):
     return 3 * x
 
@@ -301,6 +315,27 @@ class CleanupTest(TempDirMixin, unittest.TestCase):
             # The executor keeps working after its data was cleaned up.
             self.assertEqual(ex.submit(triple, 4).result(BOUND), 12)
         self.assertFalse(os.path.exists(prefix))
+
+    def test_one_call_after_another_costs_no_delete_per_call(self):
+        # A caller that submits each call once the last one finished leaves the executor
+        # idle between every two: consumed data is deleted in bulk after it stays idle,
+        # not once per call (which, on a remote store, held up every next submit).
+        url = "countingfile://local" + os.path.join(self.dir, "counted")
+        with CloudPoolExecutor(1, storage=url) as ex:
+            self.assertEqual(ex.submit(triple, 0).result(BOUND), 0)
+            DeleteCountingStorage.deletes = 0
+            t0 = time.monotonic()
+            for x in range(40):
+                self.assertEqual(ex.submit(triple, x).result(BOUND), 3 * x)
+            elapsed = time.monotonic() - t0
+            during = DeleteCountingStorage.deletes
+            prefix = ex.storage_url[len("countingfile://local"):]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self._files_under(prefix, "results/"):
+                time.sleep(0.05)
+            self.assertEqual(self._files_under(prefix, "results/"), [], "deleted once idle")
+        # At most one periodic (5 s) delete may fall inside the loop.
+        self.assertLessEqual(during, 1 + int(elapsed // 5), f"{during} deletes for 40 calls in {elapsed:.1f} s")
 
     def test_keep_data_keeps_everything(self):
         with CloudPoolExecutor(2, storage=self.storage, config={"keep_data": True}) as ex:
