@@ -123,6 +123,7 @@ class WheelTest(unittest.TestCase):
         with open(os.path.join(context, "setup.cfg")) as f:
             cfg = f.read()
         self.assertIn("cloudpickle>=2.1", cfg)
+        self.assertIn("python_requires = >=3.11", cfg)  # from the wheel's Requires-Python
         self.assertRegex(cfg, r"aws =\n    boto3>=1\.26")
         # What the Dockerfile's `pip install ".[aws]"` does, minus the network: it installs
         # this cloudpool, at this version, from the generated project files.

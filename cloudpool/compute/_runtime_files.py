@@ -59,7 +59,8 @@ def project_files(dest: str) -> str:
             f"{CHECKOUT_ROOT}) nor an installed distribution: install it with pip") from None
     required, extras = split_requirements(dist.requires or [])
     lines = ["[metadata]", "name = cloudpool", f"version = {dist.version}", "",
-             "[options]", "packages = find:", "python_requires = >=3.11", "install_requires ="]
+             "[options]", "packages = find:", f"python_requires = {dist.metadata['Requires-Python'] or '>=3'}",
+             "install_requires ="]
     lines += [f"    {r}" for r in required]
     lines += ["", "[options.packages.find]", "include = cloudpool, cloudpool.*", "",
               "[options.extras_require]"]
