@@ -532,7 +532,7 @@ class Manager(threading.Thread):
             # would run just as the user, handed a result, submits the next call, which
             # then waits behind it (measured: +10 ms per sequential call on S3). The pool
             # finishes it before the shutdown's prefix delete.
-            self._fetch_pool.submit(self._delete_consumed, keys)
+            self._fetch_pool.submit(self._delete_consumed, keys).add_done_callback(_log_unexpected_failure)
         else:
             self._delete_consumed(keys)
 
@@ -970,6 +970,13 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return -1.0
+
+
+def _log_unexpected_failure(done: "concurrent.futures.Future[Any]") -> None:
+    """A background task's unexpected exception (a bug) is logged, not lost with its future."""
+    exc = done.exception()
+    if exc is not None:
+        LOGGER.error("cloudpool: a background clean-up task failed", exc_info=exc)
 
 
 def _is_transient(exc: Any) -> bool:

@@ -89,12 +89,14 @@ class WheelTest(unittest.TestCase):
             zf = zipfile.ZipFile(io.BytesIO(aws_lambda.build_zip()))
             print(json.dumps({"handler": zf.read(aws_lambda.HANDLER_MODULE + ".py").decode(),
                               "path": aws_lambda.handler_source_path(),
-                              "worker": "cloudpool/worker.py" in zf.namelist()}))
+                              "worker": "cloudpool/worker.py" in zf.namelist(),
+                              "runtime_data": [n for n in zf.namelist() if n.startswith("cloudpool/_runtime")]}))
         """)
         with open(os.path.join(ROOT, "runtime", "aws_lambda", "handler.py")) as f:
             self.assertEqual(out["handler"], f.read())
         self.assertTrue(out["path"].startswith(self.unpacked), out["path"])
         self.assertTrue(out["worker"])
+        self.assertEqual(out["runtime_data"], [], "the Dockerfiles and entry points are not worker code")
 
     def test_kubernetes_build_context_from_an_installed_cloudpool_installs(self):
         context = os.path.join(self.tmp, "k8s-context")

@@ -16,11 +16,14 @@ import shutil
 from importlib import metadata
 from typing import Dict, List, Tuple
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../cloudpool
+#: The cloudpool package this code runs from.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The package data directory that holds runtime/ in a wheel (not needed on a worker).
+RUNTIME_DATA_DIR = "_runtime"
 #: Where a wheel puts runtime/ (package data of cloudpool._runtime).
-INSTALLED_RUNTIME = os.path.join(_PACKAGE_DIR, "_runtime")
+INSTALLED_RUNTIME = os.path.join(PACKAGE_DIR, RUNTIME_DATA_DIR)
 #: Where a source checkout has it: beside the package.
-CHECKOUT_ROOT = os.path.dirname(_PACKAGE_DIR)
+CHECKOUT_ROOT = os.path.dirname(PACKAGE_DIR)
 CHECKOUT_RUNTIME = os.path.join(CHECKOUT_ROOT, "runtime")
 #: What an image build context needs to `pip install .` cloudpool.
 PROJECT_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md")
@@ -37,6 +40,11 @@ def runtime_file(backend: str, name: str) -> str:
         f"cloudpool's runtime file runtime/{backend}/{name} is missing (looked in {candidates[0]} "
         f"and {candidates[1]}): this cloudpool installation is incomplete; reinstall it "
         f"(pip install --force-reinstall cloudpool) or use a source checkout (pip install -e .)")
+
+
+def copy_package(dest: str) -> None:
+    """Copy the cloudpool package to ``dest`` as a worker needs it: no bytecode, no runtime/ data."""
+    shutil.copytree(PACKAGE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", RUNTIME_DATA_DIR))
 
 
 def project_files(dest: str) -> str:

@@ -77,7 +77,7 @@ from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import split_url
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
-from ._runtime_files import runtime_file
+from ._runtime_files import PACKAGE_DIR, RUNTIME_DATA_DIR, copy_package, runtime_file
 
 LOGGER = logging.getLogger("cloudpool")
 
@@ -819,9 +819,11 @@ def handler_source_path() -> str:
     return runtime_file("aws_lambda", "handler.py")
 
 
-def _add_tree(zf: zipfile.ZipFile, src: str, arc_root: str) -> None:
+def _add_tree(zf: zipfile.ZipFile, src: str, arc_root: str, skip: Sequence[str] = ()) -> None:
+    """Add the tree ``src`` under ``arc_root``; ``skip`` names directories left out at its top."""
     for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        top = dirpath == src
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not (top and d in skip))
         for fname in sorted(filenames):
             if fname.endswith((".pyc", ".pyo")):
                 continue
@@ -847,12 +849,10 @@ def _add_text(zf: zipfile.ZipFile, arc: str, text: str) -> None:
 
 def build_zip(requirements: Sequence[str] = ()) -> bytes:
     """The function package: entry point, this client's cloudpool and cloudpickle, requirements."""
-    import cloudpool
-
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         _add_file(zf, handler_source_path(), f"{HANDLER_MODULE}.py")
-        _add_tree(zf, os.path.dirname(os.path.abspath(cloudpool.__file__)), "cloudpool")
+        _add_tree(zf, PACKAGE_DIR, "cloudpool", skip=(RUNTIME_DATA_DIR,))
         _add_text(zf, f"cloudpool-{__version__}.dist-info/METADATA",
                   f"Metadata-Version: 2.1\nName: cloudpool\nVersion: {__version__}\n")
         # cloudpickle exactly as the client has it: the same version by construction.
@@ -891,15 +891,12 @@ def _pip_install(requirements: List[str], target: str) -> None:
 
 def _build_image_context(name: str, requirements: List[str], context: str) -> Dict[str, Any]:
     """A docker build context for a container-image function (built and pushed by the user)."""
-    import cloudpool
-
     if os.path.isdir(context):
         shutil.rmtree(context)
     os.makedirs(context)
     shutil.copy(runtime_file("aws_lambda", "Dockerfile"), os.path.join(context, "Dockerfile"))
     shutil.copy(handler_source_path(), os.path.join(context, f"{HANDLER_MODULE}.py"))
-    shutil.copytree(os.path.dirname(os.path.abspath(cloudpool.__file__)), os.path.join(context, "cloudpool"),
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_package(os.path.join(context, "cloudpool"))
     with open(os.path.join(context, "requirements.txt"), "w") as f:
         f.write("\n".join([f"cloudpickle=={cloudpickle.__version__}", *requirements]) + "\n")
     v = protocol.versions()

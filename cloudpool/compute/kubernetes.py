@@ -68,7 +68,7 @@ from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import get_storage, split_url
 from ..storage.base import StorageBackend
-from ._runtime_files import project_files, runtime_file
+from ._runtime_files import copy_package, project_files, runtime_file
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 LOGGER = logging.getLogger("cloudpool")
@@ -917,8 +917,6 @@ class KubernetesBackend(ComputeBackend):
             if req.startswith("-") or "\n" in req:
                 raise ValueError(f"runtime requirement {req!r} must be a pip requirement such as "
                                  f"'numpy==1.26.4', not an option")
-        import cloudpool
-
         # The files first: a broken installation fails before anything is written.
         runtime_sources = {fname: runtime_file("kubernetes", fname) for fname in ("Dockerfile", "entry.py")}
         context = os.path.abspath(output) if output else tempfile.mkdtemp(prefix=f"cloudpool-runtime-{name}-")
@@ -929,8 +927,7 @@ class KubernetesBackend(ComputeBackend):
         pkg_dst = os.path.join(context, "cloudpool")
         if os.path.exists(pkg_dst):
             shutil.rmtree(pkg_dst)
-        shutil.copytree(os.path.dirname(os.path.abspath(cloudpool.__file__)), pkg_dst,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_runtime"))
+        copy_package(pkg_dst)
         rt_dst = os.path.join(context, "runtime", "kubernetes")
         os.makedirs(rt_dst, exist_ok=True)
         for fname, source in runtime_sources.items():
