@@ -238,12 +238,7 @@ class KnativeBackend(ComputeBackend):
             raise ValueError(f"the knative backend's 'notices' must be true or false, not {notices!r}")
         self._notices = notices
 
-        scheme = split_url(storage_url)[0] if storage_url else "file"
-        if scheme == "file":
-            raise ValueError(
-                f"the knative backend runs calls on other machines, which cannot read this machine's "
-                f"directory {storage_url!r}: set storage to an object store both sides reach "
-                f"(s3://, gs://, az:// or cos://)")
+        self._check_storage(storage_url)
 
         self._services = [_Service(u, concurrency) for u in urls]
         total = concurrency * len(urls)
@@ -263,6 +258,15 @@ class KnativeBackend(ComputeBackend):
             "Content-Type": "application/json",
             "User-Agent": f"cloudpool/{__version__}",
         }
+
+    def _check_storage(self, storage_url: str) -> None:
+        """Refuse a storage the runtimes cannot reach (a directory of this machine)."""
+        scheme = split_url(storage_url)[0] if storage_url else "file"
+        if scheme == "file":
+            raise ValueError(
+                f"the knative backend runs calls on other machines, which cannot read this machine's "
+                f"directory {storage_url!r}: set storage to an object store both sides reach "
+                f"(s3://, gs://, az:// or cos://)")
 
     # ------------------------------------------------------------------ declared
     @property
