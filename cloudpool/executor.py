@@ -14,6 +14,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future
+from concurrent.futures import _base as _futures_base
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from . import _manager, progress, protocol
@@ -55,17 +56,43 @@ threading._register_atexit(_python_exit)
 _HANDOFF_EVERY = 256
 
 
+#: Guards the first creation of a future's condition (see ``CloudFuture._condition``).
+_CONDITION_CREATION = threading.Lock()
+
+
 class CloudFuture(Future):
     """A ``concurrent.futures.Future`` that also records when its call moved along.
 
     ``times`` holds ``submitted``, ``invoked``, ``started``, ``finished`` and ``fetched``
     (epoch seconds; ``started``/``finished`` are the worker's clock) and the worker id.
+
+    Memory: a million pending calls means a million futures, and the stdlib's
+    ``threading.Condition`` (an RLock, bound methods and a deque of waiters) is about two
+    thirds of a bare ``Future``'s 1.6 KB. Most futures of a large ``map`` are never
+    waited on one by one, so the condition is made on first use instead of up front;
+    every other attribute is the stdlib's own (``__init__`` sets exactly what
+    ``Future.__init__`` sets, which ``tests/test_future_memory.py`` checks against the
+    running Python).
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        # Future.__init__ is not called: it would build the condition eagerly.
+        self._state = _futures_base.PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: List[Any] = []
+        self._done_callbacks: List[Any] = []
         self._times: Dict[str, Any] = {"submitted": time.time()}
         self._manager_ref: Optional[Callable[[], Optional[_manager.Manager]]] = None
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        try:
+            return self.__dict__["_lazy_condition"]
+        except KeyError:
+            with _CONDITION_CREATION:
+                # Two threads may both miss; only the first one's condition is kept.
+                return self.__dict__.setdefault("_lazy_condition", threading.Condition())
 
     @property
     def times(self) -> Dict[str, Any]:
