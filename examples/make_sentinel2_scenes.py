@@ -29,8 +29,13 @@ import tempfile
 import time
 from typing import List, Sequence, Tuple
 
-import numpy as np
-import rasterio
+try:  # the geo extra, checked first so that a missing package is named with its fix
+    import numpy as np
+    import rasterio
+    import rio_cogeo  # noqa: F401  (used in _write_cog)
+except ModuleNotFoundError as _missing:
+    sys.exit(f"{os.path.basename(__file__)} needs the {_missing.name!r} package, from cloudpool's "
+             f"geo extra: pip install 'cloudpool[geo]'")
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window

@@ -39,7 +39,14 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import numpy as np
+try:  # the geo and plot extras, checked first so that a missing one is named with its fix
+    import matplotlib  # noqa: F401  (the PNG)
+    import numpy as np
+    import rasterio  # noqa: F401  (windowed reads, in the workers too)
+    import rio_cogeo  # noqa: F401  (generating the synthetic scenes)
+except ModuleNotFoundError as _missing:
+    sys.exit(f"{os.path.basename(__file__)} needs the {_missing.name!r} package, from cloudpool's "
+             f"geo and plot extras: pip install 'cloudpool[geo,plot]'")
 
 from cloudpool import CloudPoolExecutor, Storage
 
@@ -254,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="BEFORE and AFTER scene prefixes holding B04.tif and B08.tif "
                         "(default: generate two synthetic scenes locally)")
     parser.add_argument("--output", default=None, help="where the difference tiles go "
-                        "(a directory or storage URL; default: a new temporary directory)")
+                        "(a directory or storage URL; default: a temporary directory removed on exit)")
     parser.add_argument("--png", default="ndvi_diff.png", help="the picture to write (local path)")
     parser.add_argument("--png-size", type=_png_size, default=(1000, 850), help="WIDTHxHEIGHT in px")
     parser.add_argument("--save-mosaic", default=None, metavar="PATH",
@@ -285,16 +292,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import make_sentinel2_scenes
 
             before, after = make_sentinel2_scenes.make_scenes(os.path.join(tmp, "scenes"), size=args.size)
-            print(f"generated two {args.size} x {args.size} px synthetic scenes under {tmp}/scenes")
+            print(f"generated two {args.size} x {args.size} px synthetic scenes in a temporary directory "
+                  f"(removed on exit; examples/make_sentinel2_scenes.py DIR keeps them)")
+        # Without --output the tiles go to the temporary directory too, and so are not
+        # named in the output: a path printed here must still exist when the user looks.
         output_url = args.output or os.path.join(tmp, "tiles")
         try:
-            return run(args, before, after, output_url)
+            return run(args, before, after, output_url, keep_tiles=args.output is not None)
         except (FileNotFoundError, PermissionError, ValueError) as exc:
             parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 2
 
 
-def run(args: argparse.Namespace, before: str, after: str, output_url: str) -> int:
+def run(args: argparse.Namespace, before: str, after: str, output_url: str, keep_tiles: bool = True) -> int:
     from cloudpool.storage import split_url, storages
 
     urls = {"before_red": band_url(before, RED), "before_nir": band_url(before, NIR),
@@ -345,7 +355,10 @@ def run(args: argparse.Namespace, before: str, after: str, output_url: str) -> i
     print(f"valid pixels: {valid:,} of {pixels:,} ({100 * valid / pixels:.1f}%), mean change {mean:+.4f}")
     print(f"map: {elapsed:.2f} s, {4 * pixels / elapsed / 1e6:.1f} Mpx/s read (4 bands); "
           f"median call {call_times[len(call_times) // 2] * 1000:.0f} ms; total {total:.2f} s")
-    print(f"tiles: {output.url(results[0]['key'].rsplit('/', 1)[0])}/ ({len(results)} .npy files)")
+    if keep_tiles:
+        print(f"tiles: {output.url(results[0]['key'].rsplit('/', 1)[0])}/ ({len(results)} .npy files)")
+    else:
+        print(f"tiles: {len(results)} .npy files in a temporary directory, removed on exit (--output keeps them)")
     print(f"png: {args.png} ({args.png_size[0]} x {args.png_size[1]} px, colour limits +/-{limit:.2f}, "
           f"preview 1:{step})")
     if args.save_mosaic:
