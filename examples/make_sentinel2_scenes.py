@@ -33,9 +33,12 @@ try:  # the geo extra, checked first so that a missing package is named with its
     import numpy as np
     import rasterio
     import rio_cogeo  # noqa: F401  (used in _write_cog)
-except ModuleNotFoundError as _missing:
-    sys.exit(f"{os.path.basename(__file__)} needs the {_missing.name!r} package, from cloudpool's "
-             f"geo extra: pip install 'cloudpool[geo]'")
+except ModuleNotFoundError as _exc:
+    _message = (f"{os.path.basename(__file__)} needs the {_exc.name!r} package, from cloudpool's "
+                f"geo extra: pip install 'cloudpool[geo]'")
+    if __name__ == "__main__":
+        sys.exit(_message)
+    raise ModuleNotFoundError(_message, name=_exc.name) from None
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window

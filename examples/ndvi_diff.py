@@ -39,14 +39,18 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-try:  # the geo and plot extras, checked first so that a missing one is named with its fix
-    import matplotlib  # noqa: F401  (the PNG)
+
+def _missing_extra(exc: ModuleNotFoundError) -> str:
+    return (f"{os.path.basename(__file__)} needs the {exc.name!r} package, from cloudpool's "
+            f"geo and plot extras: pip install 'cloudpool[geo,plot]'")
+
+
+try:  # needed wherever this module runs; the other extras are checked at the start of main()
     import numpy as np
-    import rasterio  # noqa: F401  (windowed reads, in the workers too)
-    import rio_cogeo  # noqa: F401  (generating the synthetic scenes)
-except ModuleNotFoundError as _missing:
-    sys.exit(f"{os.path.basename(__file__)} needs the {_missing.name!r} package, from cloudpool's "
-             f"geo and plot extras: pip install 'cloudpool[geo,plot]'")
+except ModuleNotFoundError as _exc:
+    if __name__ == "__main__":
+        sys.exit(_missing_extra(_exc))
+    raise ModuleNotFoundError(_missing_extra(_exc), name=_exc.name) from None
 
 from cloudpool import CloudPoolExecutor, Storage
 
@@ -279,6 +283,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--storage", default=None, help="storage URL for job data (default: config, else local)")
     parser.add_argument("--workers", type=int, default=None, help="max_workers")
     args = parser.parse_args(argv)
+    try:  # the rest of the extras, before any work: the PNG, the reads, the generated scenes
+        import matplotlib  # noqa: F401
+        import rasterio  # noqa: F401
+        import rio_cogeo  # noqa: F401
+    except ModuleNotFoundError as exc:
+        sys.exit(_missing_extra(exc))
     if len(args.scenes) not in (0, 2):
         parser.error(f"give two scenes (BEFORE AFTER) or none, not {len(args.scenes)}")
     if args.grid < 1:

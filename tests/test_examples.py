@@ -319,13 +319,18 @@ class MissingExtrasTest(unittest.TestCase):
 
     def run_without(self, script: str, module: str) -> subprocess.CompletedProcess:
         # None in sys.modules makes `import module` raise ModuleNotFoundError, as when the
-        # package is not installed; the example then runs as `python examples/<script>`.
-        code = (f"import runpy, sys; sys.modules[{module!r}] = None; "
-                f"sys.argv = [{os.path.join(EXAMPLES, script)!r}, '--help']; "
-                f"runpy.run_path(sys.argv[0], run_name='__main__')")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                              cwd=ROOT)
+        # package is not installed; the example then runs as `python examples/<script> ...`
+        # would, in an empty directory it may write to.
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [os.path.join(tmp, "scenes")] if script == "make_sentinel2_scenes.py" else []
+            code = (f"import runpy, sys; sys.modules[{module!r}] = None; "
+                    f"sys.argv = {[os.path.join(EXAMPLES, script), *args]!r}; "
+                    f"runpy.run_path(sys.argv[0], run_name='__main__')")
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  env=env, cwd=tmp)
+            self.assertEqual(os.listdir(tmp), [])  # stopped before doing anything
+            return proc
 
     def test_each_geo_example_names_what_to_install(self) -> None:
         cases = [("ndvi_diff.py", "numpy", "cloudpool[geo,plot]"), ("ndvi_diff.py", "matplotlib", "cloudpool[geo,plot]"),
