@@ -21,7 +21,6 @@ purpose as the shared root of local job data) is pointed elsewhere for that run.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import struct
 import subprocess
