@@ -18,10 +18,10 @@ import json
 import os
 import re
 import select
+import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -281,7 +281,10 @@ def cmd_storage_get(args: argparse.Namespace) -> int:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such local directory to download into")
     # Downloaded beside the target and renamed, so a failure leaves no half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=".cloudpool-get-", dir=directory)
+    # Created with 0666 for the kernel to apply the umask, as open() does: mkstemp's 0600
+    # would make every download private whatever the user's umask says.
+    tmp = os.path.join(directory, f".cloudpool-get-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as out, backend.open(key) as src:
             shutil.copyfileobj(src, out, 8 * 1024 * 1024)
