@@ -77,7 +77,8 @@ def _age(seconds: float) -> str:
 def _load_config(overrides: Optional[Dict[str, Any]] = None):
     from .config import load_config
 
-    return load_config({k: v for k, v in (overrides or {}).items() if v is not None})
+    return load_config({k: v for k, v in (overrides or {}).items() if v is not None},
+                       origin="command-line option")
 
 
 def _storage_for(url: str):
@@ -543,10 +544,8 @@ def _is_secret(section: str, option: str) -> bool:
     if any(word in option.lower() for word in _SECRET_WORDS):
         return True
     if section in storages.names():
-        try:
-            return option in storages.get(section).secret_option_names
-        except ImportError:
-            return False  # its SDK is missing: judged by the name alone
+        declared = storages.declared(section)  # without importing the SDK where possible
+        return declared is not None and option in declared.secrets
     return False
 
 
