@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 from . import _manager, progress, protocol
 from .compute import backends
 from .compute import local as _local_backend  # noqa: F401  (the default: imported up front so cold starts stay short)
-from .config import Config, load_config
+from .config import Config, check_options, load_config
 from .errors import BrokenCloudPool
 from .retries import Retrying, RetryPolicy, as_policy
 from .storage import get_storage, split_url
@@ -139,7 +139,7 @@ class CloudPoolExecutor(Executor):
                            ("max_workers", max_workers)):
             if value is not None:
                 overrides[key] = value
-        self._config: Config = load_config(overrides)
+        self._config: Config = load_config(overrides, origin="keyword argument of CloudPoolExecutor()")
         self._retry_policy = as_policy(retry, self._config["retries"])
         backend_name = self._config["backend"]
         backend_cls = backends.get(backend_name)
@@ -154,6 +154,7 @@ class CloudPoolExecutor(Executor):
         self._storage.check()
 
         options = self._config.section(backend_name)
+        check_options(backend_name, backend_options, "keyword argument of CloudPoolExecutor()")
         options.update(backend_options)
         runtime_name = self._config["runtime"]
         if runtime_name is not None:
@@ -339,7 +340,7 @@ class CloudPoolExecutor(Executor):
         return itertools.chain.from_iterable(results)
 
     def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
-        return partitioned_for(iterable, self._max_workers)
+        return partitioned_for(iterable, self._max_workers, self._config)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -373,14 +374,17 @@ class CloudPoolExecutor(Executor):
                 f"storage={self._config['storage']!r} max_workers={self._max_workers}>")
 
 
-def partitioned_for(iterable: Iterable[Any], parallelism: int) -> Iterable[Any]:
+def partitioned_for(iterable: Iterable[Any], parallelism: int,
+                    config: Optional[Config] = None) -> Iterable[Any]:
     """An ``objects(...)`` input sized for ``parallelism`` workers; anything else unchanged.
 
+    With ``config`` (the executor's), the parts take their storage options from it, so an
+    executor's ``config=`` reaches its inputs as it reaches its own storage.
     Shared by ``CloudPoolExecutor.map`` and ``cloudpool.multiprocessing.Pool``.
     """
     objects_module = sys.modules.get("cloudpool.objects")  # never imported just to check
     if objects_module is not None and isinstance(iterable, objects_module.Objects):
-        return iterable.with_parallelism(parallelism)
+        return iterable.with_parallelism(parallelism, config)
     return iterable
 
 
