@@ -84,10 +84,10 @@ class Registry(Generic[T]):
         ``None`` when they cannot be known here (a third-party class whose SDK is
         missing): the class then checks its options itself when it is built.
         """
-        cls = self._loaded.get(name)
-        if cls is None and name in self._declared:
+        if name in self._declared:  # (replacing the class without a declaration drops it)
             module_name, _, attr = self._declared[name].partition(":")
             return getattr(importlib.import_module(module_name), attr)
+        cls = self._loaded.get(name)
         if cls is None:
             try:
                 cls = self.get(name)
