@@ -327,15 +327,21 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
                 if not isinstance(value, Mapping):
                     raise ConfigError(f"section {key!r} in {where((key,))} must be a mapping of options, "
                                       f"not {value!r}")
+                kind, accepted = _section_kind(key)
                 for opt in value:
-                    check_options(key, [opt], where((key, opt)))
+                    if accepted is not None and opt not in accepted:
+                        # where() only now: for the file it re-reads the YAML for the line.
+                        raise unknown_options_error(kind, [opt], accepted, where((key, opt)))
                 for opt, opt_value in value.items():
                     sections.setdefault(key, {})[opt] = opt_value
                     sources[f"{key}.{opt}"] = source
                 continue
-            at = "the environment" if source.startswith("environment") else where((key,))
+            if source.startswith("environment"):
+                label, at = env_names.get((key,), key), "the environment"
+            else:
+                label, at = key, where((key,))
             raise ConfigError(
-                f"unknown setting {env_names.get((key,), key) if at == 'the environment' else key!r} in {at}"
+                f"unknown setting {label!r} in {at}"
                 f"{_closest(key, list(SETTINGS) + sorted(section_names or ()))}; "
                 f"settings are {', '.join(SETTINGS)}, and sections are backend or storage names"
                 + (f" ({', '.join(sorted(section_names))})" if section_names else "")
