@@ -83,10 +83,11 @@ def _load_config(overrides: Optional[Dict[str, Any]] = None):
 
 def _storage_for(url: str):
     """``(backend, key)`` for ``url``, with the scheme's options from the configuration."""
-    from .storage import get_storage, split_url
+    from .config import open_storage
+    from .storage import split_url
 
     scheme, bucket, key = split_url(url)
-    return get_storage(scheme, bucket, _load_config().section(scheme)), key
+    return open_storage(scheme, bucket, config=_load_config())[0], key
 
 
 def _stdout_bytes():
@@ -493,12 +494,13 @@ def _judge(backend: Any, marker_key: str, infos: List[Any], now: float,
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import protocol
-    from .storage import get_storage, split_url
+    from .config import open_storage
+    from .storage import split_url
 
     config = _load_config({"storage": args.storage})
     url = config["storage"]
     scheme, bucket, root = split_url(url)
-    backend = get_storage(scheme, bucket, config.section(scheme))
+    backend = open_storage(scheme, bucket, config=config)[0]
     if not backend.writable:
         raise PermissionError(f"{url}: {scheme}:// storage is read-only; nothing can be cleaned there")
     root = root.strip("/")

@@ -31,7 +31,9 @@ objects and ``ObjectPart``s without the ones declared as credentials.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
@@ -236,10 +238,18 @@ class Config:
     """The effective configuration, with the source of every value (for ``cloudpool config``)."""
 
     def __init__(self, values: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
-                 sources: Dict[str, str]) -> None:
+                 sources: Dict[str, str],
+                 origins: Optional[Dict[str, Callable[[], str]]] = None) -> None:
         self._values = values
         self._sections = sections
         self.sources = sources
+        # "s3.max_attempts" -> where exactly it was set (file and line, variable), on demand.
+        self._origins = dict(origins or {})
+
+    def origin(self, key: str) -> str:
+        """Where ``key`` (``"timeout"``, ``"s3.max_attempts"``) was set, for error messages."""
+        where = self._origins.get(key)
+        return where() if where is not None else self.sources.get(key, "default")
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -310,6 +320,7 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
 
     values = {k: s.default for k, s in SETTINGS.items()}
     sources = {k: "default" for k in SETTINGS}
+    origins: Dict[str, Callable[[], str]] = {}
     sections: Dict[str, Dict[str, Any]] = {}
     section_names: Optional[set] = None
     for source, layer, where in layers:
@@ -320,6 +331,7 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
                 except ConfigError as exc:
                     raise ConfigError(f"{exc} (from {where((key,))})") from None
                 sources[key] = source
+                origins[key] = functools.partial(where, (key,))
                 continue
             if section_names is None:
                 section_names = known_sections()
@@ -335,6 +347,7 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
                 for opt, opt_value in value.items():
                     sections.setdefault(key, {})[opt] = opt_value
                     sources[f"{key}.{opt}"] = source
+                    origins[f"{key}.{opt}"] = functools.partial(where, (key, opt))
                 continue
             if source.startswith("environment"):
                 label, at = env_names.get((key,), key), "the environment"
@@ -352,7 +365,7 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
         raise ConfigError(
             f"poll_interval_max ({values['poll_interval_max']}) must be >= poll_interval ({values['poll_interval']})"
         )
-    return Config(values, sections, sources)
+    return Config(values, sections, sources, origins)
 
 
 def storage_options(scheme: str, overrides: Optional[Mapping[str, Any]] = None, *,
@@ -370,3 +383,42 @@ def storage_options(scheme: str, overrides: Optional[Mapping[str, Any]] = None, 
     options = (config if config is not None else load_config()).section(scheme)
     options.update(overrides or {})
     return options
+
+
+def open_storage(scheme: str, bucket: str, overrides: Optional[Mapping[str, Any]] = None, *,
+                 config: Optional[Config] = None,
+                 origin: str = "keyword argument") -> Tuple[Any, Dict[str, Any]]:
+    """``(backend, options)``: the (cached) storage backend for one bucket, and its options
+    resolved by ``storage_options``.
+
+    A value the storage refuses (``max_attempts: two``) is reported with where that
+    option was set -- the keyword argument, or the file and line / the variable.
+    """
+    from .storage import get_storage
+
+    config = config if config is not None else load_config()
+    options = storage_options(scheme, overrides, config=config, origin=origin)
+    try:
+        return get_storage(scheme, bucket, options), options
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        better = with_origins(exc, scheme, options, config, overrides, origin)
+        if better is None:
+            raise
+        raise better from None
+
+
+def with_origins(exc: ValueError, section: str, options: Mapping[str, Any], config: Config,
+                 overrides: Optional[Mapping[str, Any]] = None,
+                 origin: str = "keyword argument") -> Optional[ConfigError]:
+    """``exc``, raised by a backend or storage refusing one of ``options``, with where each
+    option it names was set; None if it names none. Classes name the option they refuse
+    (``option 'max_attempts' must be ...``, ``start_method 'x' is not available``)."""
+    if isinstance(exc, ConfigError):
+        return None
+    text = str(exc)
+    wheres = [f"{section}.{o} from " + (origin if overrides and o in overrides
+                                        else config.origin(f"{section}.{o}"))
+              for o in options if re.search(rf"(?<![\w.]){re.escape(o)}(?!\w)", text)]
+    return ConfigError(f"{text} ({'; '.join(wheres)})") if wheres else None

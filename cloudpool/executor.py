@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 from . import _manager, progress, protocol
 from .compute import backends
 from .compute import local as _local_backend  # noqa: F401  (the default: imported up front so cold starts stay short)
-from .config import Config, check_options, load_config
+from .config import Config, check_options, load_config, open_storage, with_origins
 from .errors import BrokenCloudPool
 from .retries import Retrying, RetryPolicy, as_policy
-from .storage import get_storage, split_url
+from .storage import split_url
 
 if TYPE_CHECKING:
     from .stats import ExecutorStats
@@ -146,8 +146,8 @@ class CloudPoolExecutor(Executor):
 
         storage_url = self._config["storage"]
         scheme, bucket, root = split_url(storage_url)
-        storage_options = self._config.section(scheme)
-        self._storage = get_storage(scheme, bucket, storage_options)
+        # A value the storage refuses is reported with where it was set.
+        self._storage, storage_options = open_storage(scheme, bucket, config=self._config)
         if not self._storage.writable:
             raise ValueError(f"storage {storage_url!r} is read-only; the executor needs a writable store "
                              f"for payloads and results (s3://, gs://, az://, cos:// or a local path)")
@@ -164,8 +164,15 @@ class CloudPoolExecutor(Executor):
                                  f"runs no deployed runtime; remove the runtime setting or choose a "
                                  f"backend such as aws_lambda or kubernetes")
             options.setdefault("runtime", runtime_name)
-        self._backend = backend_cls(options, max_workers=self._config["max_workers"],
-                                    storage_url=storage_url, storage_options=storage_options)
+        try:
+            self._backend = backend_cls(options, max_workers=self._config["max_workers"],
+                                        storage_url=storage_url, storage_options=storage_options)
+        except ValueError as exc:  # a refused option value: say where it was set
+            better = with_origins(exc, backend_name, options, self._config, backend_options,
+                                  "keyword argument of CloudPoolExecutor()")
+            if better is None:
+                raise
+            raise better from None
         caps = self._backend.capabilities
         self._max_workers = caps.max_concurrency
 

@@ -48,7 +48,7 @@ import types
 from typing import (Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
-from .config import Config, load_config, storage_options as resolve_storage_options
+from .config import Config, load_config, open_storage, storage_options as resolve_storage_options
 from .storage import ObjectInfo, StorageBackend, get_storage, split_url, storages
 
 __all__ = ["objects", "Objects", "ObjectPart", "parse_size"]
@@ -647,8 +647,10 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
         raise TypeError(f"storage_options must be a mapping, not {type(storage_options).__name__}")
     parts = Objects(urls, chunk_size=size, chunks=chunks, newline=_check_newline(newline),
                     storage_options=storage_options or {})
-    for url in urls:
-        parts.options_for(split_url(url)[0])  # unknown option names fail now, not while listing
+    for url in urls:  # unknown names and bad values fail now, not while listing
+        scheme, bucket, _key = split_url(url)
+        open_storage(scheme, bucket, storage_options, config=parts.config,
+                     origin="keyword argument storage_options of objects()")
     return parts
 
 

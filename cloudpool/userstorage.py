@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 from typing import Any, BinaryIO, Iterable, Iterator, Optional, Union
 
-from .config import storage_options
+from .config import open_storage
 from .storage import split_url
 from .storage import ObjectInfo, StorageBackend, get_storage, storages
 
@@ -43,8 +43,9 @@ class Storage:
         self._prefix = key if not key or key.endswith("/") else key + "/"
         # Keyword options over the configuration's section for this scheme (env, file),
         # as the executor resolves its own storage; unknown names fail here.
-        self._options = storage_options(scheme, options, origin="keyword argument of Storage()")
-        self._backend_obj: Optional[StorageBackend] = None
+        # Built now, so a bad value fails here too, naming where it was set.
+        backend, self._options = open_storage(scheme, bucket, options, origin="keyword argument of Storage()")
+        self._backend_obj: Optional[StorageBackend] = backend
 
     # ------------------------------------------------------------------ plumbing
     @property

@@ -339,6 +339,28 @@ class SectionTypoTest(unittest.TestCase):
                 if closest:
                     self.assertIn(f"did you mean {closest}?", str(cm.exception))
 
+    def test_bad_section_values_name_their_source(self) -> None:
+        with environ(CLOUDPOOL_S3__MAX_ATTEMPTS="two"):
+            for name, call in (("Storage", lambda: Storage("s3://b/x/")),
+                               ("objects", lambda: objects("s3://b/x/")),
+                               ("CloudPoolExecutor", lambda: CloudPoolExecutor(1, storage="s3://b/x"))):
+                with self.subTest(entry_point=name):
+                    with self.assertRaisesRegex(ConfigError, r"'max_attempts' must be an integer >= 1, not 'two' "
+                                                r"\(s3.max_attempts from environment variable "
+                                                r"CLOUDPOOL_S3__MAX_ATTEMPTS\)"):
+                        call()
+            code, _out, err = self.run_cli("storage", "ls", "s3://b/x/")
+            self.assertEqual(code, 1)
+            self.assertIn("CLOUDPOOL_S3__MAX_ATTEMPTS", err)
+        self.write("backend: local\nlocal:\n  start_method: sideways\n")
+        with self.assertRaisesRegex(ConfigError, rf"'sideways'.*local.start_method from config file "
+                                                 rf"{self.path}, line 3"):
+            CloudPoolExecutor(1)
+        with self.assertRaisesRegex(ConfigError, r"not 0 \(s3.max_attempts from keyword argument"):
+            Storage("s3://b/x/", max_attempts=0)
+        with self.assertRaisesRegex(ConfigError, r"not 0 \(s3.max_attempts from keyword argument"):
+            objects("s3://b/x/", storage_options={"max_attempts": 0})
+
     def test_pool_and_lithops_refuse_too(self) -> None:
         from cloudpool.compat import lithops
         from cloudpool.multiprocessing import Pool
