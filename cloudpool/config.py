@@ -25,8 +25,10 @@ cloud SDK behind it.
 
 Every entry point resolves storage options here: ``CloudPoolExecutor`` (and the Pool and
 Lithops facades built on it) through ``load_config``, ``Storage()``, ``objects()`` and the
-CLI through ``storage_options()``. Options travel to workers inside payloads, ``Storage``
-objects and ``ObjectPart``s without the ones declared as credentials.
+CLI through ``storage_options()`` / ``open_storage()``; a value a backend or storage
+refuses when built is reported with where it was set (``with_origins``). Options travel
+to workers inside payloads, ``Storage`` objects and ``ObjectPart``s without the ones
+declared as credentials.
 """
 from __future__ import annotations
 
@@ -415,7 +417,7 @@ def with_origins(exc: ValueError, section: str, options: Mapping[str, Any], conf
     """``exc``, raised by a backend or storage refusing one of ``options``, with where each
     option it names was set; None if it names none. Classes name the option they refuse
     (``option 'max_attempts' must be ...``, ``start_method 'x' is not available``)."""
-    if isinstance(exc, ConfigError):
+    if type(exc) is not ValueError:  # subclasses (ConfigError, ...) keep their type and text
         return None
     text = str(exc)
     wheres = [f"{section}.{o} from " + (origin if overrides and o in overrides
