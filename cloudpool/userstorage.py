@@ -43,9 +43,11 @@ class Storage:
         self._prefix = key if not key or key.endswith("/") else key + "/"
         # Keyword options over the configuration's section for this scheme (env, file),
         # as the executor resolves its own storage; unknown names fail here.
-        # Built now, so a bad value fails here too, naming where it was set.
-        backend, self._options = open_storage(scheme, bucket, options, origin="keyword argument of Storage()")
-        self._backend_obj: Optional[StorageBackend] = backend
+        # Built now (and cached by the registry), so a bad value fails here, naming where
+        # it was set; looked up again on first use, so a Storage made before a
+        # cloudpool.testing.local_cloud() is entered still follows its redirection.
+        _backend, self._options = open_storage(scheme, bucket, options, origin="keyword argument of Storage()")
+        self._backend_obj: Optional[StorageBackend] = None
 
     # ------------------------------------------------------------------ plumbing
     @property

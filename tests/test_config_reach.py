@@ -415,6 +415,15 @@ class LocalCloudConfigTest(unittest.TestCase):
         # Leaving the local cloud puts the declarations back.
         self.assertIn("endpoint_url", storages.declared("s3").options)
 
+    def test_a_storage_made_before_the_local_cloud_follows_it(self) -> None:
+        from cloudpool.testing import local_cloud
+
+        with environ(CLOUDPOOL_CONFIG=os.devnull):
+            s = Storage("s3://bucket/x/")  # checked (and built) here, outside the cloud
+            with local_cloud():
+                s.put("k", b"v")
+                self.assertEqual(list(s.list()), ["k"])
+
 
 class DeclaredOptionsTest(unittest.TestCase):
     def test_declarations_match_the_classes(self) -> None:
