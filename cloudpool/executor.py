@@ -143,6 +143,8 @@ class CloudPoolExecutor(Executor):
         self._retry_policy = as_policy(retry, self._config["retries"])
         backend_name = self._config["backend"]
         backend_cls = backends.get(backend_name)
+        # Before any network call: a misspelt keyword fails at once.
+        check_options(backend_name, backend_options, "keyword argument of CloudPoolExecutor()")
 
         storage_url = self._config["storage"]
         scheme, bucket, root = split_url(storage_url)
@@ -154,7 +156,6 @@ class CloudPoolExecutor(Executor):
         self._storage.check()
 
         options = self._config.section(backend_name)
-        check_options(backend_name, backend_options, "keyword argument of CloudPoolExecutor()")
         options.update(backend_options)
         runtime_name = self._config["runtime"]
         if runtime_name is not None:
