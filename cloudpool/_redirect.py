@@ -112,7 +112,10 @@ def install(redirection: Redirection, *, set_env: bool = True) -> None:
             # A "module:Class" path, resolved on first use: this may run while
             # cloudpool.storage is still being imported (activate_from_environment), when
             # the stand-in's base class cannot be imported yet.
-            registry.register(name, f"{__name__}:{attr}", replace=True)
+            # The stand-in accepts the real implementation's options, so the configuration
+            # checks them against the same declaration (Registry.declared).
+            registry.register(name, f"{__name__}:{attr}", replace=True,
+                              declared=registry._declared.get(name))
         saved_env = os.environ.get(ENV_VAR)
         if set_env:
             os.environ[ENV_VAR] = redirection.to_json()

@@ -77,15 +77,17 @@ def _age(seconds: float) -> str:
 def _load_config(overrides: Optional[Dict[str, Any]] = None):
     from .config import load_config
 
-    return load_config({k: v for k, v in (overrides or {}).items() if v is not None})
+    return load_config({k: v for k, v in (overrides or {}).items() if v is not None},
+                       origin="command-line option")
 
 
 def _storage_for(url: str):
     """``(backend, key)`` for ``url``, with the scheme's options from the configuration."""
-    from .storage import get_storage, split_url
+    from .config import open_storage
+    from .storage import split_url
 
     scheme, bucket, key = split_url(url)
-    return get_storage(scheme, bucket, _load_config().section(scheme)), key
+    return open_storage(scheme, bucket, config=_load_config())[0], key
 
 
 def _stdout_bytes():
@@ -495,12 +497,13 @@ def _judge(backend: Any, marker_key: str, infos: List[Any], now: float,
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import protocol
-    from .storage import get_storage, split_url
+    from .config import open_storage
+    from .storage import split_url
 
     config = _load_config({"storage": args.storage})
     url = config["storage"]
     scheme, bucket, root = split_url(url)
-    backend = get_storage(scheme, bucket, config.section(scheme))
+    backend = open_storage(scheme, bucket, config=config)[0]
     if not backend.writable:
         raise PermissionError(f"{url}: {scheme}:// storage is read-only; nothing can be cleaned there")
     root = root.strip("/")
@@ -546,10 +549,8 @@ def _is_secret(section: str, option: str) -> bool:
     if any(word in option.lower() for word in _SECRET_WORDS):
         return True
     if section in storages.names():
-        try:
-            return option in storages.get(section).secret_option_names
-        except ImportError:
-            return False  # its SDK is missing: judged by the name alone
+        declared = storages.declared(section)  # without importing the SDK where possible
+        return declared is not None and option in declared.secrets
     return False
 
 

@@ -80,10 +80,9 @@ class ComputeBackend(ABC):
                  storage_url: str, storage_options: Dict[str, Any]) -> None:
         unknown = set(options) - set(self.option_names)
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {sorted(unknown)} for the {self.name!r} backend; "
-                f"accepted: {sorted(self.option_names) or 'none'}"
-            )
+            from ..config import unknown_options_error  # here: config is not needed otherwise
+
+            raise unknown_options_error(f"the {self.name!r} backend", unknown, self.option_names)
         self.options = dict(options)
         self.storage_url = storage_url
         self.storage_options = dict(storage_options)

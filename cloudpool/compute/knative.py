@@ -70,6 +70,7 @@ from .. import protocol
 from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import split_url
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 LOGGER = logging.getLogger("cloudpool")
@@ -200,8 +201,7 @@ class KnativeBackend(ComputeBackend):
     """Runs invocations on cloudpool HTTP runtimes (``runtime/knative``) at one or more URLs."""
 
     name = "knative"
-    option_names = frozenset({"url", "urls", "token", "concurrency", "request_timeout",
-                              "retry_seconds", "notices"})
+    option_names = declared.KNATIVE.options
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
                  storage_url: str, storage_options: Dict[str, Any]) -> None:

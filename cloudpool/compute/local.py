@@ -30,6 +30,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .. import worker as worker_module
 from ..storage import clear_cache as clear_storage_cache
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 _SIGNAL_NAMES = {-int(s): s.name for s in signal.Signals}
@@ -116,7 +117,7 @@ class _Worker:
 
 class LocalBackend(ComputeBackend):
     name = "local"
-    option_names = frozenset({"start_method", "mp_context", "max_tasks_per_child", "notices"})
+    option_names = declared.LOCAL.options
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
                  storage_url: str, storage_options: Dict[str, Any]) -> None:

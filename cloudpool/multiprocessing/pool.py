@@ -667,7 +667,7 @@ class Pool:
                    chunksize: Optional[int], callback: Optional[Callable[[Any], Any]],
                    error_callback: Optional[Callable[[BaseException], Any]]) -> MapResult:
         self._check_running()
-        iterable = partitioned_for(iterable, self._processes)
+        iterable = partitioned_for(iterable, self._processes, self._executor.config)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         if chunksize is None:
@@ -715,7 +715,7 @@ class Pool:
               ordered: bool) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
-        core = _IMapCore(self, self._task(func, mode), partitioned_for(iterable, self._processes),
+        core = _IMapCore(self, self._task(func, mode), partitioned_for(iterable, self._processes, self._executor.config),
                          chunksize, ordered)
         self._iterators.add(core)
         return (IMapIterator if ordered else IMapUnorderedIterator)(self, core)
