@@ -156,6 +156,23 @@ class QuickstartTest(SnippetTestCase):
                 self.assertEqual(lines, [str(total)])
 
 
+class StorageOptionsSnippetTest(SnippetTestCase):
+    def test_per_call_storage_options_on_the_local_cloud(self) -> None:
+        # The local cloud checks the options by name (as the real S3 storage would) and
+        # then serves the bucket from disk, so the snippet runs unchanged.
+        for method in START_METHODS:
+            with self.subTest(method=method), tempfile.TemporaryDirectory() as cwd, \
+                    local_cloud(buckets=["s3://bucket"], start_method=method) as cloud:
+                sizes = 0
+                for i in range(3):
+                    data = "".join(f"line {n} of text {i}\n" for n in range(500 * (i + 1)))
+                    cloud.put(f"s3://bucket/texts/{i}.txt", data)
+                    sizes += len(data.encode())
+                lines = self.run_ok("storage_options.py", method, cwd,
+                                    env={_redirect.ENV_VAR: os.environ[_redirect.ENV_VAR]})
+                self.assertEqual(lines, [str(sizes)])
+
+
 class PoolSnippetTest(SnippetTestCase):
     def test_same_output_as_the_stdlib_pool(self) -> None:
         with multiprocessing.get_context("spawn").Pool(2) as pool:
