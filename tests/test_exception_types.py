@@ -30,7 +30,7 @@ from cloudpool import CloudPoolExecutor
 
 # Long enough that nothing finishes while a test waits a short timeout on it; short
 # enough that the originals, which must wait for such calls at shutdown, stay quick.
-SLOW = 3.0
+SLOW = 2.0
 SHORT = 0.3  # the timeouts the situations wait
 
 
