@@ -62,6 +62,13 @@ def where(_x: Any = None) -> Tuple[int, str]:
     return os.getpid(), os.environ.get(local_cluster.HOST_INDEX_ENV, "")
 
 
+def sleep_then(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
 def fail_on(x: int, bad: int) -> int:
     if x == bad:
         raise ValueError(f"task {x} failed")
@@ -177,6 +184,23 @@ class JoblibLocalTest(GridSearchMixin, unittest.TestCase):
         # The backend is still usable after the failure.
         with joblib.parallel_config(backend="cloudpool", max_workers=2):
             self.assertEqual(Parallel(n_jobs=2)(delayed(square)(i) for i in range(3)), [0, 1, 4])
+
+    def test_parallel_timeout_raises_what_loky_raises(self):
+        errors = []
+        for name, options in (("loky", {}), ("cloudpool", {"max_workers": 2})):
+            with joblib.parallel_config(backend=name, **options):
+                with self.assertRaises(Exception) as cm:
+                    Parallel(n_jobs=2, timeout=0.5)(delayed(sleep_then)(s) for s in (0.0, 3.0))
+            errors.append(cm.exception)
+        self.assertIs(type(errors[1]), type(errors[0]))  # joblib raises it, whatever the backend
+        self.assertEqual(type(errors[1]).__name__, "TimeoutError")
+
+    def test_generator_outputs(self):
+        with joblib.parallel_config(backend="cloudpool", max_workers=2):
+            gen = Parallel(n_jobs=2, return_as="generator")(delayed(square)(i) for i in range(10))
+            self.assertEqual(list(gen), [i * i for i in range(10)])
+            gen = Parallel(n_jobs=2, return_as="generator_unordered")(delayed(square)(i) for i in range(10))
+            self.assertEqual(sorted(gen), [i * i for i in range(10)])
 
     def test_nested_calls_run_as_under_loky_without_new_processes(self):
         probes = {}
