@@ -5,20 +5,16 @@ results, the exception a failing task raises, what nested ``Parallel`` calls ins
 task run on, and scikit-learn's ``GridSearchCV`` (iris, shipped with scikit-learn)
 finding the same best parameters and the same cross-validation scores.
 
-The knative tests run the backend's HTTP runtime as two local server processes
-(``runtime/knative/local_cluster.py``, on 127.0.0.1 ports) with S3 storage on the shared
-moto server; the servers have the repository on PYTHONPATH, so this module's functions
-unpickle there by reference (as if installed in the runtime image).
+The knative tests run the backend's HTTP runtime as two local server processes with S3
+storage on the shared moto server (``tests/knative_small.py``); the servers have the
+repository on PYTHONPATH, so this module's functions unpickle there by reference (as if
+installed in the runtime image).
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-import secrets
-import sys
 import unittest
-import uuid
 from typing import Any, Dict, List, Tuple
 
 import joblib
@@ -28,24 +24,7 @@ from joblib.parallel import get_active_backend
 import cloudpool
 import cloudpool.joblib as cp_joblib
 from cloudpool import CloudPoolExecutor
-from tests import servers
-from tests._cpython import ROOT
-
-
-def _load_local_cluster():
-    # By path, under the name tests/test_knative.py uses (runtime/ is not a package);
-    # importing test_knative itself would need CPython's test files.
-    name = "cloudpool_knative_local_cluster"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "runtime", "knative",
-                                                                         "local_cluster.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-local_cluster = _load_local_cluster()
+from tests.knative_small import SmallCluster, local_cluster
 
 # A small grid: 6 candidates x 3 folds, a second or so per backend.
 GRID = {"C": [0.1, 1.0, 10.0], "gamma": ["scale", 0.1]}
@@ -244,31 +223,19 @@ class JoblibLocalTest(GridSearchMixin, unittest.TestCase):
 class JoblibKnativeTest(GridSearchMixin, unittest.TestCase):
     """The same search with every task on the knative runtime's HTTP servers, S3 on moto."""
 
-    token = "test-" + secrets.token_hex(16)
-
     @classmethod
     def setUpClass(cls):
-        cls.moto = servers.moto_s3()
-        import boto3
-
-        cls.bucket = "cp-joblib-" + uuid.uuid4().hex[:10]
-        boto3.client("s3", endpoint_url=cls.moto.endpoint_url, region_name=servers.S3_REGION,
-                     aws_access_key_id=servers.S3_ACCESS_KEY,
-                     aws_secret_access_key=servers.S3_SECRET_KEY).create_bucket(Bucket=cls.bucket)
-        cls.cluster = local_cluster.LocalCluster(2, token=cls.token, concurrency=2, netns=False,
-                                                 pythonpath=[ROOT])
-        cls.addClassCleanup(cls.cluster.stop)
-        cls.cluster.start(env=cls.moto.env)
+        cls.remote = SmallCluster(hosts=2, concurrency=2)
+        cls.addClassCleanup(cls.remote.stop)
+        cls.remote.start()
 
     def cloudpool_options(self) -> Dict[str, Any]:
-        s3 = {"endpoint_url": self.moto.endpoint_url, "region": servers.S3_REGION,
-              "aws_access_key_id": servers.S3_ACCESS_KEY, "aws_secret_access_key": servers.S3_SECRET_KEY}
-        return {"compute": "knative", "storage": f"s3://{self.bucket}/run-{uuid.uuid4().hex[:8]}",
-                "config": {"knative": {"urls": self.cluster.urls, "token": self.token, "concurrency": 2},
-                           "s3": s3}}
+        return self.remote.executor_options()
 
     def test_tasks_run_on_the_runtime_hosts(self):
-        with joblib.parallel_config(backend="cloudpool", **self.cloudpool_options()):
+        options = self.cloudpool_options()
+        del options["config"]["backend"]  # given as compute= instead (joblib owns backend=)
+        with joblib.parallel_config(backend="cloudpool", compute="knative", **options):
             backend, _ = get_active_backend()
             hosts: List[Tuple[int, str]] = Parallel(n_jobs=-1)(delayed(where)() for _ in range(8))
             self.assertEqual(backend._executor.config["backend"], "knative")
