@@ -8,6 +8,8 @@ Each row of ``ROWS`` is one situation, run twice in the same test: on the origin
 asserts that the exception cloudpool raises is an instance of the one the original
 raised, so an ``except`` clause written for the original still catches it.
 
+``KnativeExceptionTypeTest`` runs the executor and Pool rows again with cloudpool's side on
+a remote backend (the knative runtime as local HTTP servers, S3 on moto).
 ``python -m tests.test_exception_types`` prints the table "situation -> original type
 -> cloudpool type" from the same rows (docs/exceptions.md is that output).
 """
@@ -22,11 +24,12 @@ import sys
 import threading
 import time
 import unittest
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple
 
 import cloudpool.compat.lithops as cp_lithops
 import cloudpool.multiprocessing as cp_mp
 from cloudpool import CloudPoolExecutor
+from tests.knative_small import SmallCluster
 
 # Long enough that nothing finishes while a test waits a short timeout on it; short
 # enough that the originals, which must wait for such calls at shutdown, stay quick.
@@ -90,16 +93,24 @@ def failing_initializer() -> None:
 
 
 # ---------------------------------------------------------------------------- the two sides
+#: "knative" runs cloudpool's side on this small cluster (started by KnativeExceptionTypeTest).
+_REMOTE: Dict[str, SmallCluster] = {}
+
+
+def _cloudpool_options(kind: str) -> Dict[str, Any]:
+    return _REMOTE["knative"].executor_options() if kind == "knative" else {}
+
+
 def executor(kind: str, *args: Any, **kwargs: Any) -> cf.Executor:
     if kind == "std":
         return cf.ProcessPoolExecutor(*args, **kwargs)
-    return CloudPoolExecutor(*args, **kwargs)
+    return CloudPoolExecutor(*args, **kwargs, **_cloudpool_options(kind))
 
 
 def pool(kind: str, *args: Any, **kwargs: Any) -> Any:
     if kind == "std":
         return multiprocessing.get_context("fork").Pool(*args, **kwargs)
-    return cp_mp.Pool(*args, **kwargs)
+    return cp_mp.Pool(*args, **kwargs, **_cloudpool_options(kind))
 
 
 def lithops_module(kind: str) -> Any:
@@ -526,45 +537,95 @@ def type_name(cls: type) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
-class ExceptionTypeTest(unittest.TestCase):
-    """One test per row: cloudpool's exception is an instance of the original's."""
+_originals: Dict[Callable[[str], None], type] = {}
+
+
+def original_type(row: Row) -> type:
+    """The original's exception type for ``row`` (run once per test run, then reused)."""
+    if row.run not in _originals:
+        _originals[row.run] = type(caught(row.run, "std"))
+    return _originals[row.run]
+
+
+class _ExceptionTypeCase(unittest.TestCase):
+    """Checks one row; the test methods are added per class by ``_add_tests``."""
+
+    kind = "cp"
 
     def check(self, row: Row) -> None:
-        original = caught(row.run, "std")
-        ours = caught(row.run, "cp")
+        original = original_type(row)
+        ours = caught(row.run, self.kind)
         self.assertIsInstance(
-            ours, type(original),
-            f"{row.api}: {row.situation}: the original raises {type_name(type(original))}, "
-            f"cloudpool raises {type_name(type(ours))} ({ours!r}), which code catching the "
-            f"original's type would miss")
+            ours, original,
+            f"{row.api}: {row.situation}: the original raises {type_name(original)}, "
+            f"cloudpool ({self.kind}) raises {type_name(type(ours))} ({ours!r}), which code "
+            f"catching the original's type would miss")
 
 
-def _add_tests() -> None:
-    for row in ROWS:
+class ExceptionTypeTest(_ExceptionTypeCase):
+    """One test per row: cloudpool's exception (local backend) is an instance of the original's."""
+
+
+#: Rows that need the local backend: Lithops' rows go through compat.lithops' localhost.
+_LOCAL_ONLY = {"Lithops"}
+
+
+class KnativeExceptionTypeTest(_ExceptionTypeCase):
+    """The executor and Pool rows with cloudpool's side on a remote backend: the knative
+    runtime's HTTP servers (two local processes), storage S3 on moto."""
+
+    kind = "knative"
+
+    @classmethod
+    def setUpClass(cls):
+        remote = SmallCluster(hosts=2, concurrency=2)
+        _REMOTE["knative"] = remote
+        cls.addClassCleanup(_REMOTE.pop, "knative", None)
+        cls.addClassCleanup(remote.stop)
+        remote.start()
+
+
+def _add_tests(cls: type, rows: List[Row]) -> None:
+    for row in rows:
         name = f"test_{row.api.lower()}_{row.run.__name__.split('_', 1)[1]}"
 
-        def test(self: ExceptionTypeTest, row: Row = row) -> None:
+        def test(self: _ExceptionTypeCase, row: Row = row) -> None:
             self.check(row)
 
         test.__name__ = name
         test.__doc__ = f"{row.api}: {row.situation}"
-        assert not hasattr(ExceptionTypeTest, name), name
-        setattr(ExceptionTypeTest, name, test)
+        assert name not in cls.__dict__, name
+        setattr(cls, name, test)
 
 
-_add_tests()
+_add_tests(ExceptionTypeTest, ROWS)
+_add_tests(KnativeExceptionTypeTest, [row for row in ROWS if row.api not in _LOCAL_ONLY])
 
 
 def table() -> str:
-    """The markdown table, from running every row on both sides."""
-    lines = ["| API | situation | original raises | cloudpool raises |", "|---|---|---|---|"]
-    for row in ROWS:
-        original = caught(row.run, "std")
-        ours = caught(row.run, "cp")
-        mark = "" if isinstance(ours, type(original)) else " **(not an instance!)**"
-        lines.append(f"| {row.api} | {row.situation} | `{type_name(type(original))}` | "
-                     f"`{type_name(type(ours))}`{mark} |")
-    return "\n".join(lines)
+    """The markdown table, from running every row on the original and on cloudpool (local
+    backend, and the knative runtime for the rows that do not need the local backend)."""
+    remote = _REMOTE["knative"] = SmallCluster(hosts=2, concurrency=2).start()
+    try:
+        lines = ["| API | situation | original raises | cloudpool raises (local) | on knative |",
+                 "|---|---|---|---|---|"]
+        for row in ROWS:
+            original = original_type(row)
+            cells = []
+            local = None
+            for kind in ("cp", "knative"):
+                if kind == "knative" and row.api in _LOCAL_ONLY:
+                    cells.append("n/a (compat.lithops runs on local here)")
+                    continue
+                ours = type(caught(row.run, kind))
+                mark = "" if issubclass(ours, original) else " **(not an instance!)**"
+                cells.append("same" if ours is local else f"`{type_name(ours)}`{mark}")
+                local = ours
+            lines.append(f"| {row.api} | {row.situation} | `{type_name(original)}` | {' | '.join(cells)} |")
+        return "\n".join(lines)
+    finally:
+        remote.stop()
+        _REMOTE.pop("knative", None)
 
 
 if __name__ == "__main__":
