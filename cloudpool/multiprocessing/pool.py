@@ -143,8 +143,13 @@ def _terminated_error() -> BaseException:
 
 
 def _stdlib_error(exc: BaseException) -> BaseException:
-    """Give a worker's error the stdlib Pool's ``RemoteTraceback`` cause."""
+    """Give a worker's error the stdlib Pool's ``RemoteTraceback`` cause (and type)."""
     cause = exc.__cause__
+    if isinstance(exc, _errors.UnpicklableRemoteError):
+        # An error that could not travel back: the stdlib Pool reports that as
+        # MaybeEncodingError. ``_Task`` already raises one in the worker; this covers an
+        # error that still failed to pickle there (the worker then sent this stand-in).
+        exc = MaybeEncodingError(exc, f"<{exc.type_name} raised by the function>")
     if isinstance(cause, _errors.RemoteTraceback):
         exc.__cause__ = RemoteTraceback(cause.tb)
     return exc
