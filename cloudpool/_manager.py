@@ -38,7 +38,8 @@ from typing import Any, Deque, Dict, List, Optional
 from . import _shipping, protocol
 from .compute.base import ComputeBackend, InvocationLost, SegmentDone
 from .errors import (BrokenCloudPool, CallTimeoutError, InitializerError, IntegrityError,
-                     RemoteTraceback, VersionMismatchError, WorkerLostError)
+                     RemoteTraceback, VersionMismatchError, WorkerKilledError,
+                     WorkerLostError)
 from .retries import RetryPolicy
 from .stats import CallRecord, StatsRecorder
 from .storage.base import StorageBackend
@@ -824,7 +825,8 @@ class Manager(threading.Thread):
                     f"the call did not finish within its timeout of {self.config['timeout']} s "
                     f"(setting 'timeout'): {notice.reason}")
             else:
-                err = WorkerLostError(f"{notice.reason} while running this call")
+                lost = WorkerKilledError if notice.killed else WorkerLostError
+                err = lost(f"{notice.reason} while running this call")
             culprit_call = batch.calls[culprit]
             batch.calls[culprit] = None
             # The others never ran or ran without their results being stored: run them
@@ -845,7 +847,7 @@ class Manager(threading.Thread):
                 err = notice.error
                 cause = "invocation"
             else:
-                err = WorkerLostError(notice.reason)
+                err = (WorkerKilledError if notice.killed else WorkerLostError)(notice.reason)
                 cause = "invocation"
             if notice.error is not None and err is not notice.error:
                 err.__cause__ = notice.error

@@ -347,4 +347,5 @@ class LocalBackend(ComputeBackend):
             inv, f"worker process {worker.process.pid} {why}",
             running_call=running if running >= 0 else None,
             timed_out=(reason == "timeout"),
+            killed=(reason in (None, "dead") and code == -signal.SIGKILL),
         ))
