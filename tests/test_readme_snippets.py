@@ -173,6 +173,20 @@ class StorageOptionsSnippetTest(SnippetTestCase):
                 self.assertEqual(lines, [str(sizes)])
 
 
+class JoblibSnippetTest(SnippetTestCase):
+    def test_grid_search_matches_a_sequential_one(self) -> None:
+        from sklearn.datasets import load_iris
+        from sklearn.model_selection import GridSearchCV
+        from sklearn.svm import SVC
+
+        X, y = load_iris(return_X_y=True)
+        reference = GridSearchCV(SVC(), {"C": [0.1, 1, 10], "gamma": ["scale", 0.1]}, cv=3, n_jobs=1).fit(X, y)
+        expected = f"{reference.best_params_} {round(reference.best_score_, 4)}"
+        for method in START_METHODS:
+            with self.subTest(method=method), tempfile.TemporaryDirectory() as cwd:
+                self.assertEqual(self.run_ok("joblib_gridsearch.py", method, cwd), [expected])
+
+
 class PoolSnippetTest(SnippetTestCase):
     def test_same_output_as_the_stdlib_pool(self) -> None:
         with multiprocessing.get_context("spawn").Pool(2) as pool:
