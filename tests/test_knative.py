@@ -608,6 +608,26 @@ class OptionsTest(unittest.TestCase):
         ex.shutdown()
 
 
+class MainScriptTest(unittest.TestCase):
+    """Issue 13: a user's script on remote hosts behaves as under a spawn-started pool.
+
+    The script lives in a temp dir the hosts do not have on their path: the client ships
+    its source and each worker process imports it once as ``__mp_main__``
+    (``cloudpool._mainscript``). Same script and checks as ``tests/test_main_script.py``.
+    """
+
+    def test_script_semantics_match_spawn(self):
+        from tests import test_main_script as tms
+
+        out = tms.run_script(["stdlib", "cloudpool", "pool"], storage=fresh_storage_url(),
+                             config=knative_config())
+        checks = tms.MainScriptChecks()
+        checks.assertEqual, checks.assertTrue = self.assertEqual, self.assertTrue
+        for kind in ("cloudpool", "pool"):
+            with self.subTest(kind=kind):
+                checks.assert_like_stdlib(out[kind], out["stdlib"], name="__mp_main__")
+
+
 class InterpreterExitTest(unittest.TestCase):
     """Like CPython's test_interpreter_shutdown / test_hang_gh83386, with remote calls.
 
