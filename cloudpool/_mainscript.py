@@ -51,7 +51,7 @@ import cloudpickle
 #: ``__mp_main__`` where multiprocessing's spawn (or ``install``) imported it.
 MAIN_NAMES = ("__main__", "__mp_main__")
 
-_names_cache: Dict[str, Tuple[float, FrozenSet[str]]] = {}
+_names_cache: Dict[str, FrozenSet[str]] = {}
 #: On the worker: (executor id, script digest) -> its module, the most recent last.
 _loaded: "OrderedDict[Tuple[str, str], types.ModuleType]" = OrderedDict()
 #: Modules kept per process: enough for a runtime serving a few executors in turn.
@@ -111,25 +111,21 @@ def worker_names(path: str) -> FrozenSet[str]:
 
     Read from its source, not by running it: a function defined inside the
     ``if __name__ == "__main__":`` block exists on the client but not on a worker, so it
-    must travel by value (the stdlib's spawn cannot send it at all).
+    must travel by value (the stdlib's spawn cannot send it at all). Parsed once per
+    process: the running module does not change when its file is edited.
     """
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        return frozenset()
-    cached = _names_cache.get(path)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    try:
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), filename=path)
-    except (OSError, SyntaxError, ValueError):
-        names: FrozenSet[str] = frozenset()
-    else:
-        found: set = set()
-        _bound_names(tree.body, found)
-        names = frozenset(found)
-    _names_cache[path] = (mtime, names)
+    names = _names_cache.get(path)
+    if names is None:
+        try:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read(), filename=path)
+        except (OSError, SyntaxError, ValueError):
+            names = frozenset()  # nothing goes by name: by value, as before
+        else:
+            found: set = set()
+            _bound_names(tree.body, found)
+            names = frozenset(found)
+        _names_cache[path] = names
     return names
 
 
@@ -171,14 +167,26 @@ def main_object(qualname: str) -> Any:
         ) from None
 
 
+_cloudpickle_reducer = cloudpickle.Pickler.reducer_override
+_FunctionType = types.FunctionType
+
+
 class Pickler(cloudpickle.Pickler):
     """cloudpickle, except that the main script's module-level functions and classes go by name."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (types.FunctionType, type)) \
-                and getattr(obj, "__module__", None) in MAIN_NAMES and _by_reference(obj):
+        # Called for nearly every object pickled, so the common case (an instance) is
+        # answered here: cloudpickle's own override only handles functions and classes.
+        kind = type(obj)
+        try:
+            special = kind is _FunctionType or issubclass(kind, type)
+        except TypeError:  # a "type" that is not a class (as cloudpickle guards against)
+            special = False
+        if not special:
+            return NotImplemented
+        if getattr(obj, "__module__", None) in MAIN_NAMES and _by_reference(obj):
             return main_object, (obj.__qualname__,)
-        return super().reducer_override(obj)
+        return _cloudpickle_reducer(self, obj)
 
 
 # ---------------------------------------------------------------------------- shipping
