@@ -628,6 +628,23 @@ class MainScriptTest(unittest.TestCase):
                 checks.assert_like_stdlib(out[kind], out["stdlib"], name="__mp_main__")
 
 
+class NestedTest(unittest.TestCase):
+    """Issue 13: an executor opened inside a call on a host runs there on local processes."""
+
+    def test_nested_executor_like_stdlib(self):
+        from tests import test_nested as tn
+
+        with cf.ProcessPoolExecutor(2) as ex:
+            expected = [total for total, _pid, _inner in ex.map(tn.outer_stdlib, [3, 4, 5])]
+        with CloudPoolExecutor(2, storage=fresh_storage_url(), config=knative_config()) as ex:
+            got = list(ex.map(tn.outer_cloudpool, [3, 4, 5], timeout=BOUND))
+        self.assertEqual([total for total, _pid, _inner in got], expected)
+        for _total, outer_pid, inner_pids in got:
+            self.assertNotIn(outer_pid, inner_pids)
+            # The host's worker gets its share of the host's CPUs (CONCURRENCY workers).
+            self.assertLessEqual(len(inner_pids), max(1, (os.cpu_count() or 1) // CONCURRENCY))
+
+
 class InterpreterExitTest(unittest.TestCase):
     """Like CPython's test_interpreter_shutdown / test_hang_gh83386, with remote calls.
 
