@@ -134,6 +134,10 @@ SCRIPT = textwrap.dedent('''
             seen["check"] = mapped(pool, check, [Point(1), Point(2)])
             seen["cache"] = mapped(pool, use_a, [folder] * 4) + mapped(pool, use_b, [folder] * 4)
             seen["name"] = mapped(pool, where, range(2))
+            if kind != "stdlib":  # the stdlib cannot send these at all
+                # Not reachable by name on a worker: still sent by value, as before.
+                seen["lambda"] = mapped(pool, lambda x: [x + 1, check(Point(x))], [1, 2])
+                seen["guarded"] = mapped(pool, GUARDED, [1, 2])
         seen["builds"] = []
         for name in sorted(os.listdir(folder)):
             with open(os.path.join(folder, name)) as f:
@@ -142,6 +146,9 @@ SCRIPT = textwrap.dedent('''
 
 
     if __name__ == "__main__":
+        def guarded(x):  # exists only where the guard ran: the client
+            return [x * 3, check(Point(x))]
+        GUARDED = guarded
         settings = json.loads(sys.argv[1])
         out = {}
         for kind in sys.argv[2:]:
@@ -202,6 +209,8 @@ class MainScriptChecks:
         self.assertEqual(set(got["builds"]), {1}, got["builds"])
         if name is not None:
             self.assertEqual(set(got["name"]), {name})
+        self.assertEqual(got["lambda"], [[x + 1, True] for x in (1, 2)])
+        self.assertEqual(got["guarded"], [[x * 3, True] for x in (1, 2)])
 
 
 class LocalMainScriptTest(MainScriptChecks, unittest.TestCase):
@@ -225,6 +234,39 @@ class LocalMainScriptTest(MainScriptChecks, unittest.TestCase):
 
     def test_compat_lithops(self):
         self.assert_like_stdlib(self.out["lithops"], self.out["stdlib"], name="__main__")
+
+
+LATE_SCRIPT = textwrap.dedent('''
+    from cloudpool import CloudPoolExecutor
+    def early(x):
+        return x
+    ex = CloudPoolExecutor(1)          # no __main__ guard: allowed with fork
+    print("early", ex.submit(early, 1).result(60))
+    def late(x):                       # defined after the worker was forked
+        return x
+    try:
+        ex.submit(late, 2).result(60)
+    except AttributeError as exc:
+        print("late", exc)
+    ex.shutdown()
+''')
+
+
+class LateDefinitionTest(unittest.TestCase):
+    def test_function_defined_after_the_fork_is_a_clear_error(self):
+        # As with a fork-started ProcessPoolExecutor, which fails the same way.
+        with tempfile.TemporaryDirectory(prefix="cp-user-script-") as tmp:
+            path = os.path.join(tmp, "late.py")
+            with open(path, "w") as f:
+                f.write(LATE_SCRIPT)
+            proc = subprocess.run([sys.executable, path], cwd=tmp, capture_output=True, text=True,
+                                  timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        lines = proc.stdout.splitlines()
+        self.assertEqual(lines[0], "early 1")
+        self.assertTrue(lines[1].startswith("late 'late' is not defined in this process's copy of the main script"),
+                        proc.stdout)
+        self.assertIn("Define it at module level, above the code that creates the executor", lines[1])
 
 
 class WorkerNamesTest(unittest.TestCase):
