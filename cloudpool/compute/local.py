@@ -22,7 +22,8 @@ CPUs (``_CLOUDPOOL_LOCAL_SHARE``: its parent's share, the CPU count at the top,
 divided by its executor's ``max_workers``, at least 1). A local executor inside a
 worker (depth 1) starts at most that share of processes, whatever ``max_workers``
 asks; one nested deeper starts none and runs its calls on threads of the worker
-(no per-call timeout there: ``SIGALRM`` needs the main thread). So N top-level
+(``max_workers`` of them, at most 32, by default the share; no per-call timeout
+there: ``SIGALRM`` needs the main thread, and a running thread cannot be stopped). So N top-level
 workers on C CPUs lead to at most N + max(N, C) processes at any depth.
 
 Worker processes are daemonic for their parent -- its exit terminates them, and an
@@ -55,6 +56,8 @@ DEPTH_ENV = "_CLOUDPOOL_LOCAL_DEPTH"
 SHARE_ENV = "_CLOUDPOOL_LOCAL_SHARE"
 #: From this depth on, a local executor runs calls on threads instead of processes.
 _THREADS_DEPTH = 2
+#: At most this many threads for one executor nested that deep.
+_MAX_THREADS = 32
 
 
 def _env_int(name: str, default: int) -> int:
@@ -168,11 +171,15 @@ class LocalBackend(ComputeBackend):
         self._depth = _env_int(DEPTH_ENV, 0)
         self.max_workers = max_workers or os.cpu_count() or 1
         self._share = _env_int(SHARE_ENV, os.cpu_count() or 1) or 1
-        if self._depth > 0:
-            # Inside a worker: this worker's share of the CPUs, not a whole machine's.
-            self.max_workers = min(max_workers or self._share, self._share)
         # Deep inside: no new processes at all (see the module docstring).
         self._threads = self._depth >= _THREADS_DEPTH
+        if self._threads:
+            # Threads cost no process: an explicit max_workers is honoured (calls that
+            # wait on I/O overlap), within a sane cap; by default the worker's share.
+            self.max_workers = min(max_workers or self._share, _MAX_THREADS)
+        elif self._depth > 0:
+            # Inside a worker: this worker's share of the CPUs, not a whole machine's.
+            self.max_workers = min(max_workers or self._share, self._share)
         self._running_threads = 0
         context = self.options.get("mp_context")
         start_method = self.options.get("start_method")
