@@ -52,6 +52,7 @@ import cloudpickle
 MAIN_NAMES = ("__main__", "__mp_main__")
 
 _names_cache: Dict[str, FrozenSet[str]] = {}
+_installed_cache: Dict[str, bool] = {}
 #: On the worker: (executor id, script digest) -> its module, the most recent last.
 _loaded: "OrderedDict[Tuple[str, str], types.ModuleType]" = OrderedDict()
 #: Modules kept per process: enough for a runtime serving a few executors in turn.
@@ -61,11 +62,22 @@ _lock = threading.Lock()
 
 # ---------------------------------------------------------------------------- which objects
 def _script_file(module: Optional[types.ModuleType]) -> Optional[str]:
-    """The ``.py`` file ``module`` was run from; None for a REPL, ``-c``, a notebook."""
+    """The user's ``.py`` file ``module`` was run from.
+
+    None for a REPL, ``-c``, a notebook, and for an installed program run as ``__main__``
+    (``python -m pytest``, a tool in site-packages): that is not the user's script, and
+    the runtime has (or lacks) it like any installed package.
+    """
     path = getattr(module, "__file__", None) if module is not None else None
     if not isinstance(path, str) or not path.endswith(".py"):
         return None
-    return path
+    installed = _installed_cache.get(path)
+    if installed is None:
+        from ._shipping import _installed_locations
+
+        real = os.path.realpath(path)
+        installed = _installed_cache[path] = any(real.startswith(d) for d in _installed_locations())
+    return None if installed else path
 
 
 def _is_main_guard(test: ast.expr) -> bool:

@@ -619,11 +619,11 @@ class MainScriptTest(unittest.TestCase):
     def test_script_semantics_match_spawn(self):
         from tests import test_main_script as tms
 
-        out = tms.run_script(["stdlib", "cloudpool", "pool"], storage=fresh_storage_url(),
+        out = tms.run_script(["stdlib", "cloudpool", "pool", "lithops"], storage=fresh_storage_url(),
                              config=knative_config())
         checks = tms.MainScriptChecks()
         checks.assertEqual, checks.assertTrue = self.assertEqual, self.assertTrue
-        for kind in ("cloudpool", "pool"):
+        for kind in ("cloudpool", "pool", "lithops"):
             with self.subTest(kind=kind):
                 checks.assert_like_stdlib(out[kind], out["stdlib"], name="__mp_main__")
 
