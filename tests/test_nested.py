@@ -98,6 +98,14 @@ class NestedTest(unittest.TestCase):
         for _total, outer_pid, inner_pids in got:
             self.assertLessEqual(len(inner_pids), self.share)
 
+    def test_stdlib_executor_inside_a_worker(self):
+        # Code that already nests the stdlib's pool keeps working when the outer one is ours.
+        with cf.ProcessPoolExecutor(OUTER) as ex:
+            expected = [total for total, _pid, _inner in ex.map(outer_stdlib, [3, 4])]
+        with CloudPoolExecutor(OUTER) as ex:
+            got = [total for total, _pid, _inner in ex.map(outer_stdlib, [3, 4], timeout=BOUND)]
+        self.assertEqual(got, expected)
+
     def test_deeper_nesting_runs_on_threads(self):
         with CloudPoolExecutor(OUTER) as ex:
             totals, _top_pid, out = ex.submit(middle, 3).result(BOUND)
