@@ -16,15 +16,15 @@ given as ``start_method``/``mp_context``.
 
 Nesting (an executor or ``Pool`` opened inside a mapped function) works as with
 ``ProcessPoolExecutor``, with the number of processes bounded. Every worker records
-in its environment how deep it is (``_CLOUDPOOL_LOCAL_DEPTH``; the leading underscore keeps it out of the
-configuration's ``CLOUDPOOL_*`` settings) and its share of the
-CPUs (``_CLOUDPOOL_LOCAL_SHARE``: its parent's share, the CPU count at the top,
-divided by its executor's ``max_workers``, at least 1). A local executor inside a
+in its environment how deep it is (``_CLOUDPOOL_LOCAL_DEPTH``; the leading underscore
+keeps it out of the configuration's ``CLOUDPOOL_*`` settings) and its share of the CPUs
+(``_CLOUDPOOL_LOCAL_SHARE``: its parent's share, the CPU count at the top, divided by
+its executor's ``max_workers``, at least 1). A local executor inside a
 worker (depth 1) starts at most that share of processes, whatever ``max_workers``
 asks; one nested deeper starts none and runs its calls on threads of the worker
 (``max_workers`` of them, at most 32, by default the share; no per-call timeout
-there: ``SIGALRM`` needs the main thread, and a running thread cannot be stopped). So N top-level
-workers on C CPUs lead to at most N + max(N, C) processes at any depth.
+there: ``SIGALRM`` needs the main thread, and a running thread cannot be stopped).
+So N top-level workers on C CPUs lead to at most N + max(N, C) processes at any depth.
 
 Worker processes are daemonic for their parent -- its exit terminates them, and an
 idle worker whose parent died exits within ``_PARENT_CHECK_SECONDS`` -- but each
@@ -50,6 +50,8 @@ from ..storage import clear_cache as clear_storage_cache
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 _SIGNAL_NAMES = {-int(s): s.name for s in signal.Signals}
+#: How often an idle worker checks that its client process is still alive.
+_PARENT_CHECK_SECONDS = 2.0
 #: How many levels of local workers are above this process (unset: 0, the client).
 DEPTH_ENV = "_CLOUDPOOL_LOCAL_DEPTH"
 #: How many CPUs this process's local executors may use in total (unset: all).
@@ -65,8 +67,6 @@ def _env_int(name: str, default: int) -> int:
         return max(0, int(os.environ[name]))
     except (KeyError, ValueError):
         return default
-#: How often an idle worker checks that its client process is still alive.
-_PARENT_CHECK_SECONDS = 2.0
 
 
 class _PipeHooks(worker_module.WorkerHooks):
