@@ -19,8 +19,9 @@ its own copy of the module's globals, and drags whatever the globals hold into t
 pickle.) Third-party packages are not shipped: a missing one gives the worker's
 "install it on the runtime" error naming it. A package installed in editable mode lives
 in a source tree and is shipped like the user's code. Compiled extension modules are
-not shipped (they would not load on another platform anyway); ``__main__`` needs
-nothing, cloudpickle sends its functions by value.
+not shipped (they would not load on another platform anyway). The user's main script
+travels too, as its own object beside the bundle: ``cloudpool._mainscript`` owns it
+(its functions and classes go by name, and the worker imports it as ``__mp_main__``).
 """
 from __future__ import annotations
 

@@ -61,6 +61,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import cloudpickle
 
 from .. import errors as _errors
+from .. import protocol
 from .. import progress
 from ..config import load_config
 from ..executor import CloudPoolExecutor, partitioned_for
@@ -92,7 +93,8 @@ _Outcome = Tuple[bool, Any]
 # ---------------------------------------------------------------------------- worker side
 def _encode(value: Any) -> bytes:
     try:
-        return cloudpickle.dumps(value, protocol=5)
+        # The main script's classes by reference, so results are instances of the client's.
+        return protocol.dumps(value)
     except Exception as exc:  # noqa: BLE001 - any pickling failure is the stdlib's MaybeEncodingError
         raise MaybeEncodingError(exc, _safe_repr(value)) from None
 
