@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, NamedTuple
 import cloudpool.compat.lithops as cp_lithops
 import cloudpool.multiprocessing as cp_mp
 from cloudpool import CloudPoolExecutor
-from tests.knative_small import SmallCluster
 
 # Long enough that nothing finishes while a test waits a short timeout on it; short
 # enough that the originals, which must wait for such calls at shutdown, stay quick.
@@ -94,7 +93,9 @@ def failing_initializer() -> None:
 
 # ---------------------------------------------------------------------------- the two sides
 #: "knative" runs cloudpool's side on this small cluster (started by KnativeExceptionTypeTest).
-_REMOTE: Dict[str, SmallCluster] = {}
+# The knative cluster helper is imported where a cluster starts, not here: Lithops ships
+# this module to its own workers (the original's rows), where runtime/ does not exist.
+_REMOTE: Dict[str, Any] = {}
 
 
 def _cloudpool_options(kind: str) -> Dict[str, Any]:
@@ -578,6 +579,8 @@ class KnativeExceptionTypeTest(_ExceptionTypeCase):
 
     @classmethod
     def setUpClass(cls):
+        from tests.knative_small import SmallCluster
+
         remote = SmallCluster(hosts=2, concurrency=2)
         _REMOTE["knative"] = remote
         cls.addClassCleanup(_REMOTE.pop, "knative", None)
@@ -605,6 +608,8 @@ _add_tests(KnativeExceptionTypeTest, [row for row in ROWS if row.api not in _LOC
 def table() -> str:
     """The markdown table, from running every row on the original and on cloudpool (local
     backend, and the knative runtime for the rows that do not need the local backend)."""
+    from tests.knative_small import SmallCluster
+
     remote = _REMOTE["knative"] = SmallCluster(hosts=2, concurrency=2).start()
     try:
         lines = ["| API | situation | original raises | cloudpool raises (local) | on knative |",
