@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import io
 import json
+import logging
 import os
 import random
 import subprocess
@@ -179,6 +181,146 @@ class LithopsProgramS3Test(unittest.TestCase):
             self.assertEqual(fexec.get_result(), [3, 7])
 
 
+# ---------------------------------------------------------------------------- Lithops config
+#: A config as Lithops users write it (keys from Lithops' configuration docs), most of
+#: them with no cloudpool meaning.
+LITHOPS_YAML = """\
+lithops:
+    backend: localhost
+    storage: localhost
+    mode: localhost
+    monitoring: storage
+    monitoring_interval: 0.5
+    chunksize: 4
+    data_limit: false
+    data_cleaner: true
+    execution_timeout: 45
+    include_modules: []
+    log_level: WARNING
+    log_format: "%(asctime)s %(message)s"
+    retries: 2
+localhost:
+    runtime: python3
+    version: 2
+    max_workers: 1
+    worker_processes: 3
+"""
+
+
+class LithopsConfigTest(unittest.TestCase):
+    def test_a_lithops_config_file_is_read_and_mapped(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "lithops.yaml")
+            with open(path, "w") as f:
+                f.write(LITHOPS_YAML)
+            with environ({"LITHOPS_CONFIG_FILE": path}), \
+                    self.assertLogs("cloudpool.compat.lithops", "DEBUG") as logs, \
+                    lithops.FunctionExecutor() as fexec:
+                cfg = fexec.executor.config
+                self.assertEqual((cfg["backend"], cfg["timeout"], cfg["keep_data"]), ("local", 45, False))
+                self.assertEqual(fexec.executor.max_workers, 3)  # max_workers x worker_processes
+                self.assertEqual(fexec.map(add, [(1, 2), (3, 4)]).get_result(), [3, 7])
+                # retries: read by RetryingFunctionExecutor, from the same config
+                self.assertEqual(lithops.RetryingFunctionExecutor(fexec).map(add, [1])[0].retries, 2)
+            text = "\n".join(logs.output)
+            for key in ("lithops.chunksize", "lithops.monitoring_interval", "lithops.data_limit",
+                        "localhost.version", "localhost.runtime"):
+                self.assertIn(key, text)
+            self.assertEqual(lithops.default_config(config_file=path)["localhost"]["worker_processes"], 3)
+
+    def test_default_config_is_lithops_localhost(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp, environ({"HOME": tmp, "LITHOPS_CONFIG_FILE": ""}):
+            cfg = lithops.default_config(config_overwrite={"lithops": {"log_level": "DEBUG"}})
+        self.assertEqual({k: cfg["lithops"][k] for k in ("backend", "storage", "mode", "log_level")},
+                         {"backend": "localhost", "storage": "localhost", "mode": "localhost",
+                          "log_level": "DEBUG"})
+        self.assertEqual(lithops.extract_storage_config(cfg)["localhost"]["storage_bucket"], "storage")
+
+    def test_a_missing_config_file_is_named(self) -> None:
+        with self.assertRaisesRegex(FileNotFoundError, "nope.yaml"):
+            lithops.FunctionExecutor(config_file="/nonexistent/nope.yaml")
+
+
+# ---------------------------------------------------------------------------- lithops.Storage
+class LithopsStorageChecks:
+    """The Storage API against one backend; subclasses give ``storage`` and ``bucket``."""
+
+    storage: "lithops.Storage"
+    bucket: str
+
+    def test_objects(self) -> None:
+        st, b, p = self.storage, self.bucket, f"t-{uuid.uuid4().hex[:8]}"
+        # (a key cannot also be a "directory" of other keys on local disk, as in Lithops)
+        st.put_object(b, f"{p}/a1", b"0123456789")
+        st.put_object(b, f"{p}/a_b", "text")
+        st.put_object(b, f"{p}/a/c", io.BytesIO(b"stream"))
+        self.assertEqual(st.get_object(b, f"{p}/a1"), b"0123456789")
+        self.assertEqual(st.get_object(b, f"{p}/a1", extra_get_args={"Range": "bytes=1-4"}), b"1234")
+        self.assertEqual(st.get_object(b, f"{p}/a/c", stream=True).read(), b"stream")
+        self.assertEqual(st.head_object(b, f"{p}/a1")["content-length"], "10")
+        with self.assertRaises(lithops.StorageNoSuchKeyError) as ctx:
+            st.get_object(b, f"{p}/missing")
+        self.assertIsInstance(ctx.exception, FileNotFoundError)
+        with self.assertRaises(FileNotFoundError):
+            st.head_object(b, f"{p}/missing")
+        self.assertEqual(sorted(st.list_keys(b, f"{p}/a")), [f"{p}/a/c", f"{p}/a1", f"{p}/a_b"])
+        self.assertEqual(st.list_keys(b, f"{p}/a/"), [f"{p}/a/c"])
+        self.assertEqual({o["Key"]: o["Size"] for o in st.list_objects(b, p)},
+                         {f"{p}/a1": 10, f"{p}/a_b": 4, f"{p}/a/c": 6})
+        self.assertEqual(st.head_bucket(b)["ResponseMetadata"]["HTTPStatusCode"], 200)
+        st.delete_object(b, f"{p}/a1")
+        st.delete_objects(b, [f"{p}/a_b"])
+        self.assertEqual(st.list_keys(b, p), [f"{p}/a/c"])
+        co = st.put_cloudobject(b"cloud", b)
+        self.assertEqual((co.backend, co.bucket), (st.backend, b))
+        self.assertEqual(st.get_cloudobject(co), b"cloud")
+        st.delete_cloudobjects([co, lithops.CloudObject(st.backend, b, f"{p}/a/c")])
+        self.assertEqual(st.list_keys(b, p), [])
+        with self.assertRaises(lithops.StorageNoSuchKeyError):
+            st.get_cloudobject(co)
+
+
+class LithopsStorageLocalTest(LithopsStorageChecks, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.storage = lithops.Storage()  # Lithops' default: localhost storage, bucket 'storage'
+        cls.bucket = cls.storage.bucket
+
+    def test_storage_parameter_and_cloudobjects_in_calls(self) -> None:
+        key = f"t-{uuid.uuid4().hex[:8]}/words"
+        self.storage.put_object(self.bucket, key, b"a b c\nd e\n")
+        with lithops.FunctionExecutor() as fexec:  # its 'storage' is the same localhost storage
+            fexec.call_async(word_count_from_storage, (self.bucket, key))
+            self.assertEqual(fexec.get_result(), 5)
+            cos = fexec.map(put_cloudobject, [b"x", b"yy"]).get_result()
+            self.assertEqual([self.storage.get_cloudobject(c) for c in cos], [b"x", b"yy"])
+            fexec.clean(cs=cos)
+            for c in cos:
+                with self.assertRaises(FileNotFoundError):
+                    self.storage.get_cloudobject(c)
+        self.storage.delete_object(self.bucket, key)
+
+
+class LithopsStorageS3Test(LithopsStorageChecks, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.moto = servers.moto_s3()
+        cls.bucket = _create_bucket(cls.moto)
+        cls.storage = lithops.Storage(config={"lithops": {"storage": "minio"}, "minio": {
+            "endpoint": cls.moto.endpoint_url, "storage_bucket": cls.bucket,
+            "access_key_id": servers.S3_ACCESS_KEY, "secret_access_key": servers.S3_SECRET_KEY}})
+
+    def test_objects_are_plain_s3_objects(self) -> None:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.moto.endpoint_url, region_name=servers.S3_REGION,
+                          aws_access_key_id=servers.S3_ACCESS_KEY, aws_secret_access_key=servers.S3_SECRET_KEY)
+        self.storage.put_object(self.bucket, "plain/k", b"seen by boto3")
+        self.assertEqual(s3.get_object(Bucket=self.bucket, Key="plain/k")["Body"].read(), b"seen by boto3")
+        s3.put_object(Bucket=self.bucket, Key="plain/j", Body=b"written by boto3")
+        self.assertEqual(self.storage.get_object(self.bucket, "plain/j"), b"written by boto3")
+
+
 # ---------------------------------------------------------------------------- functions mapped
 def add(x, y=0):
     return x + y
@@ -215,8 +357,61 @@ def total(results, bonus=0):
     return sum(results) + bonus
 
 
-def uses_storage(storage, x):
+def uses_ibm_cos(ibm_cos, x):
     return x
+
+
+def word_count_from_storage(bucket, key, storage):
+    return len(storage.get_object(bucket, key).split())
+
+
+def put_cloudobject(data, storage):
+    return storage.put_cloudobject(data)
+
+
+def returns_futures(n):
+    with lithops.FunctionExecutor() as inner:
+        return inner.map(add, range(n))
+
+
+def returns_future(n):
+    with lithops.FunctionExecutor() as inner:
+        return inner.call_async(add, (n, 1))
+
+
+def read_env(name):
+    return os.environ.get(name)
+
+
+def doubled(f):
+    def wrapper(*args, **kwargs):
+        return 2 * f(*args, **kwargs)
+    return wrapper
+
+
+@doubled
+def summed(a, b, c=0, *args, d, e=5, **kwargs):
+    return sum([a, b, c, d, e, *args, *kwargs.values()])
+
+
+def fail_first(path, x):
+    """Fails on its first run for ``x`` (counted in a file), then returns ``x``."""
+    counter = os.path.join(path, str(x))
+    runs = int(open(counter).read()) if os.path.exists(counter) else 0
+    with open(counter, "w") as f:
+        f.write(str(runs + 1))
+    if runs == 0:
+        raise RuntimeError(f"first run of {x}")
+    return x
+
+
+def _nested_executors_work() -> bool:
+    """Whether a call may open an executor of its own here (issue 13 part 2)."""
+    with lithops.FunctionExecutor() as fexec:
+        try:
+            return fexec.call_async(returns_future, 1).result(timeout=60) == 2
+        except AssertionError:  # "daemonic processes are not allowed to have children"
+            return False
 
 
 class environ:
@@ -401,32 +596,23 @@ class FunctionExecutorTest(unittest.TestCase):
         self.assertEqual(self.fexec.futures, [])
         self.assertEqual(self.fexec.get_result(), [])
         self.assertEqual(self.fexec.map(add, [5]).get_result(), [5])  # still usable
-        with self.assertRaisesRegex(LithopsCompatError, "cs \\(cloud objects\\).*cloudpool.Storage"):
+        with self.assertRaisesRegex(TypeError, "cs must hold CloudObjects .*put_cloudobject"):
             self.fexec.clean(cs=["cos://b/k"])
 
     def test_unsupported_arguments_name_the_argument_and_the_fix(self) -> None:
         f = self.fexec
         cases = [
-            (lambda: f.map(add, [1], extra_env={"A": "1"}), "extra_env", "runtime image"),
-            (lambda: f.map(add, [1], runtime_memory=2048), "runtime_memory", "memory"),
-            (lambda: f.map(add, [1], timeout=10), "timeout", "config={'timeout'"),
-            (lambda: f.map(add, [1], include_modules=["numpy"]), "include_modules", "cloudpickle"),
-            (lambda: f.call_async(add, 1, extra_env={"A": "1"}), "extra_env", "arguments"),
-            (lambda: f.map(uses_storage, [1]), "'storage'", "cloudpool.Storage"),
             (lambda: f.call_async(line_count, "s3://b/k"), "call_async with an obj URL", "map()"),
-            (lambda: f.map_reduce(add, [1], total, reduce_runtime_memory=512), "reduce_runtime_memory", "memory"),
             (lambda: f.map(line_count, "ftp://b/k"), "unknown storage 'ftp'", "aws_s3"),
+            (lambda: f.map(uses_ibm_cos, [1]), "'ibm_cos'", "'storage'"),
             (lambda: f.plot(), "plot()", "stats()"),
-            (lambda: lithops.FunctionExecutor(config_file="lithops.yaml"), "config_file", "CLOUDPOOL_CONFIG"),
-            (lambda: lithops.FunctionExecutor(monitoring="rabbitmq"), "monitoring='rabbitmq'", "storage"),
             (lambda: lithops.FunctionExecutor(mode="standalone"), "mode='standalone'", "serverless"),
-            (lambda: lithops.FunctionExecutor(runtime_memory=1024), "runtime_memory=1024", "memory"),
             (lambda: lithops.FunctionExecutor(storage="aws_s3"), "names no bucket", "s3://BUCKET/PREFIX"),
             (lambda: lithops.FunctionExecutor(storage="nosuch"), "unknown storage 'nosuch'", "storage URL"),
-            (lambda: lithops.FunctionExecutor(config={"lithops": {"backend": "localhost", "workers": 4}}),
-             "lithops.workers", "cloudpool config"),
-            (lambda: lithops.FunctionExecutor(config={"lithops": {}, "aws_lambda": {"memory": 1}}),
-             "section 'aws_lambda'", "config={'aws_lambda'"),
+            (lambda: lithops.FunctionExecutor(config={"lithops": {"backend": "aws_ec2"}}),
+             "standalone", "serverless backend"),
+            (lambda: lithops.FunctionExecutor(config={"lithops": {"storage": "redis"}}),
+             "lithops.storage='redis'", "cloudpool storage URL"),
         ]
         for call, name, fix in cases:
             with self.subTest(name=name):
@@ -435,8 +621,74 @@ class FunctionExecutorTest(unittest.TestCase):
                 self.assertIn(name, str(ctx.exception))
                 self.assertIn(fix, str(ctx.exception))
         self.assertEqual(f.futures and [x for x in f.futures if not x.done()], [])  # nothing was submitted
-        with self.assertRaisesRegex(AttributeError, "Storage.*cloudpool.Storage"):
-            lithops.Storage  # noqa: B018
+        with self.assertRaisesRegex(AttributeError, "StandaloneExecutor.*serverless"):
+            lithops.StandaloneExecutor  # noqa: B018
+
+    def test_dict_items_spread_args_and_kwargs_as_lithops(self) -> None:
+        items = [{"a": 1, "b": 2, "d": 3}, {"args": (1, 2), "d": 3}, {"args": (1, 2), "d": 3, "f": 4},
+                 {"args": (1, 2), "kwargs": {"d": 3, "e": 6, "f": 4}}]
+        direct = [summed(1, 2, d=3), summed(1, 2, d=3), summed(1, 2, d=3, f=4), summed(1, 2, d=3, e=6, f=4)]
+        self.assertEqual(self.fexec.map(summed, items).get_result(), direct)
+
+    def test_futures_a_function_returns_are_resolved(self) -> None:
+        if not _nested_executors_work():
+            self.skipTest("needs nested executors on the local backend (issue 13 part 2)")
+        self.assertEqual(self.fexec.call_async(returns_futures, 3).result(timeout=60), [0, 1, 2])
+        self.assertEqual(self.fexec.call_async(returns_future, 4).result(timeout=60), 5)
+
+    def test_lithops_future_attributes_and_chaining(self) -> None:
+        fs = self.fexec.map(fail, ["a", "b"])
+        lithops.wait(fs, throw_except=False)
+        self.assertEqual([(f.call_id, f.error, f.success) for f in fs], [("00000", True, False), ("00001", True, False)])
+        self.assertIsInstance(fs[0], cf.Future)
+        ok = self.fexec.map(add, [(1, 2), (3, 4)])
+        self.assertEqual(ok.map(add).get_result(), [3, 7])  # chained: results become the items
+        self.assertEqual([f.error for f in ok], [False, False])
+
+    def test_extra_env_and_runtime_memory(self) -> None:
+        self.assertNotIn("LITHOPS_COMPAT_TEST_VAR", os.environ)
+        fs = self.fexec.map(read_env, ["LITHOPS_COMPAT_TEST_VAR"] * 2, extra_env={"LITHOPS_COMPAT_TEST_VAR": "on"},
+                            runtime_memory=512)
+        self.assertEqual(fs.get_result(), ["on", "on"])
+        self.assertEqual(self.fexec.call_async(read_env, "LITHOPS_COMPAT_TEST_VAR").result(timeout=30), None)
+
+    def test_per_call_timeout(self) -> None:
+        started = time.monotonic()
+        fs = self.fexec.map(sleepy, [30, 0.01], timeout=2)
+        with self.assertRaises(TimeoutError):
+            fs[0].result(timeout=60)
+        self.assertEqual(fs[1].result(timeout=60), 0.01)
+        self.assertLess(time.monotonic() - started, 25)
+        with self.assertRaisesRegex(ValueError, "timeout must be a positive number"):
+            self.fexec.map(add, [1], timeout=-1)
+
+    def test_retrying_function_executor(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            retrying = lithops.RetryingFunctionExecutor(self.fexec)
+            fs = retrying.map(fail_first, [(tmp, 1), (tmp, 2)], retries=1)
+            done, pending = retrying.wait(fs, throw_except=False)
+            self.assertEqual((sorted(f.result() for f in done), pending), ([1, 2], []))
+            self.assertEqual([open(os.path.join(tmp, str(x))).read() for x in (1, 2)], ["2", "2"])
+            fs = retrying.map(fail_first, [(tmp, 3)])  # retries=0: the failure stands
+            done, pending = retrying.wait(fs, throw_except=False)
+            with self.assertRaisesRegex(RuntimeError, "first run of 3"):
+                done[0].result()
+
+    def test_setup_lithops_logger(self) -> None:
+        log = logging.getLogger("cloudpool")
+        old_level, old_handlers = log.level, list(log.handlers)
+        stream = io.StringIO()
+        try:
+            lithops.setup_lithops_logger("DEBUG", stream=stream)
+            self.assertEqual(log.level, logging.DEBUG)
+            logging.getLogger("cloudpool.compat.lithops").debug("hello from the test")
+            self.assertIn("hello from the test", stream.getvalue())
+            with self.assertRaisesRegex(ValueError, "log_level"):
+                lithops.setup_lithops_logger("LOUD")
+        finally:
+            log.setLevel(old_level)
+            log.handlers[:] = old_handlers
+            logging.getLogger("lithops").handlers[:] = []
 
     def test_context_manager_shuts_down(self) -> None:
         with lithops.FunctionExecutor(storage=os.path.join(self.tmp.name, "cm")) as fexec:

@@ -43,6 +43,9 @@ class StorageNoSuchKeyError(FileNotFoundError):
         self.bucket = bucket
         self.key = key
 
+    def __reduce__(self) -> tuple:  # rebuilt from its arguments when a worker's error travels back
+        return (type(self), (self.bucket, self.key))
+
 
 class StorageNoSuchBucketError(FileNotFoundError):
     """No bucket ``bucket``."""
@@ -50,6 +53,9 @@ class StorageNoSuchBucketError(FileNotFoundError):
     def __init__(self, bucket: str) -> None:
         super().__init__(f"No such bucket {bucket!r} found in storage.")
         self.bucket = bucket
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.bucket,))
 
 
 class CloudObject:

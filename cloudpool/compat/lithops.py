@@ -188,6 +188,43 @@ class CloudObjectPart:
 
 
 # ---------------------------------------------------------------------------- futures helpers
+class _LithopsFutureMixin:
+    """Lithops' ``ResponseFuture`` attributes on cloudpool's futures: ``call_id`` (the
+    call's index in its map, as Lithops' 5-digit string), ``error`` (the call raised),
+    ``success`` and ``ready`` (done without error). Mixed into the future's own class,
+    so the future stays a ``concurrent.futures.Future``."""
+
+    _lithops_call_id: int = 0
+
+    @property
+    def call_id(self) -> str:
+        return f"{self._lithops_call_id:05d}"
+
+    @property
+    def error(self) -> bool:
+        return self.done() and (self.cancelled() or self.exception() is not None)  # type: ignore[attr-defined]
+
+    @property
+    def success(self) -> bool:
+        return self.done() and not self.error  # type: ignore[attr-defined]
+
+    ready = success
+
+
+_LITHOPS_FUTURE_TYPES: Dict[type, type] = {}
+
+
+def _as_lithops_future(future: cf.Future, call_id: int) -> cf.Future:
+    cls = type(future)
+    if not issubclass(cls, _LithopsFutureMixin):
+        sub = _LITHOPS_FUTURE_TYPES.get(cls)
+        if sub is None:
+            sub = _LITHOPS_FUTURE_TYPES[cls] = type(f"Lithops{cls.__name__}", (cls, _LithopsFutureMixin), {})
+        future.__class__ = sub
+    future._lithops_call_id = call_id  # type: ignore[attr-defined]
+    return future
+
+
 class FuturesList(list):
     """The list of futures ``map`` returns, with Lithops' ``wait``/``get_result`` shortcuts."""
 
@@ -204,6 +241,18 @@ class FuturesList(list):
         if self._executor is not None:
             return self._executor.get_result(fs=self, **kwargs)
         return get_result(self, **kwargs)
+
+    def _chain_executor(self) -> "FunctionExecutor":
+        if self._executor is None:
+            raise ValueError("this FuturesList belongs to no FunctionExecutor: call map() on the executor")
+        return self._executor
+
+    def map(self, map_function: Callable, **kwargs: Any) -> "FuturesList":
+        """Lithops' function chaining: ``map_function`` over these calls' results."""
+        return self._chain_executor().map(map_function, self, **kwargs)
+
+    def map_reduce(self, map_function: Callable, reduce_function: Callable, **kwargs: Any) -> "FuturesList":
+        return self._chain_executor().map_reduce(map_function, self, reduce_function, **kwargs)
 
 
 def _as_futures(fs: Any) -> List[cf.Future]:
@@ -678,7 +727,8 @@ class FunctionExecutor:
         if "obj" in user.parameters and isinstance(bound.arguments.get("obj"), str):
             raise _unsupported("call_async with an obj URL", "use map() to process objects, one call per partition")
         args, kwargs = self._call_args(sig, bound, 0)
-        future = self._executor_for(timeout).submit(self._call_for(func, extra_env), *args, **kwargs)
+        future = _as_lithops_future(self._executor_for(timeout).submit(self._call_for(func, extra_env),
+                                                                       *args, **kwargs), 0)
         self._record([future], "call_async")
         return future
 
@@ -709,7 +759,8 @@ class FunctionExecutor:
         calls, sources = self._calls(func, iterdata, extra_args, obj_chunk_size, obj_chunk_number, obj_newline)
         executor = self._executor_for(timeout)
         call = self._call_for(func, extra_env)
-        return [executor.submit(call, *args, **kwargs) for args, kwargs in calls], sources
+        return [_as_lithops_future(executor.submit(call, *args, **kwargs), i)
+                for i, (args, kwargs) in enumerate(calls)], sources
 
     def map_reduce(self, map_function: Callable, map_iterdata: Any, reduce_function: Callable,
                    chunksize: Optional[int] = None, extra_args: Any = None, extra_args_reduce: Any = None,
