@@ -120,5 +120,15 @@ else
     mv "$CF_TEST.part" "$CF_TEST"
 fi
 
+# -- 5. Lithops' own tests (tests/test_lithops_suite.py), from its sdist on PyPI --------
+LITHOPS_SDIST="$CACHE/lithops-3.7.0.tar.gz"
+if [ -s "$LITHOPS_SDIST" ]; then
+    step "lithops tests (sdist)" "ok (already there)"
+else
+    step "lithops tests (sdist)" "downloading lithops==3.7.0's source distribution ..."
+    "$PY" -m pip download --quiet --disable-pip-version-check --no-input --no-binary :all: \
+        --no-deps --no-build-isolation "lithops==3.7.0" -d "$CACHE"
+fi
+
 PYTHON="$PY" bash "$ROOT/scripts/install-lambda-deps.sh"  # podman + local images: tests/test_aws_lambda.py
 step "done" "test dependencies are installed"

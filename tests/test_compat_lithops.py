@@ -241,6 +241,71 @@ class LithopsConfigTest(unittest.TestCase):
             lithops.FunctionExecutor(config_file="/nonexistent/nope.yaml")
 
 
+#: A Lithops program using Lithops' submodules; run unchanged through the alias.
+LITHOPS_PROGRAM = '''\
+import json
+import lithops
+from lithops import RetryingFunctionExecutor
+from lithops.storage import Storage
+from lithops.storage.utils import StorageNoSuchKeyError
+from lithops.utils import setup_lithops_logger
+
+
+def square(x, storage):
+    storage.put_object(storage.bucket, f"alias-test/{x}", str(x * x))
+    return x * x
+
+
+if __name__ == "__main__":
+    setup_lithops_logger("WARNING")
+    with lithops.FunctionExecutor() as fexec:
+        squares = fexec.map(square, range(4)).get_result()
+        retried = RetryingFunctionExecutor(fexec).map(square, [5])[0].result()
+    st = Storage()
+    stored = sorted(int(st.get_object(st.bucket, k)) for k in st.list_keys(st.bucket, "alias-test/"))
+    st.delete_objects(st.bucket, st.list_keys(st.bucket, "alias-test/"))
+    try:
+        st.get_object(st.bucket, "alias-test/0")
+        missing = False
+    except StorageNoSuchKeyError:
+        missing = True
+    print(json.dumps({"squares": squares, "retried": retried, "stored": stored, "missing": missing,
+                      "module": lithops.__name__}))
+'''
+
+
+class LithopsAliasTest(unittest.TestCase):
+    def test_a_lithops_program_runs_unchanged(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "program.py")
+            with open(path, "w") as f:
+                f.write(LITHOPS_PROGRAM)
+            config = os.path.join(tmp, "config.yaml")
+            with open(config, "w") as f:
+                f.write(LITHOPS_YAML)
+            env = dict(os.environ, LITHOPS_CONFIG_FILE=config, TMPDIR=tmp,
+                       PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run([sys.executable, "-m", "cloudpool.compat.lithops_alias", path],
+                                  env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.assertEqual(out, {"squares": [0, 1, 4, 9], "retried": 25, "stored": [0, 1, 4, 9, 25],
+                               "missing": True, "module": "cloudpool.compat.lithops"})
+
+    def test_the_alias_does_not_replace_a_real_lithops(self) -> None:
+        import types
+
+        from cloudpool.compat import lithops_alias
+
+        name = f"lithops_{uuid.uuid4().hex[:8]}"
+        sys.modules[name] = types.SimpleNamespace(FunctionExecutor=object)  # type: ignore[assignment]
+        try:
+            with self.assertRaisesRegex(RuntimeError, "already imported"):
+                lithops_alias.install(name)
+        finally:
+            del sys.modules[name]
+
+
 # ---------------------------------------------------------------------------- lithops.Storage
 class LithopsStorageChecks:
     """The Storage API against one backend; subclasses give ``storage`` and ``bucket``."""

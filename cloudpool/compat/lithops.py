@@ -16,16 +16,28 @@ everything else (batching, storage, backends, futures) is ``CloudPoolExecutor``'
 
 What is translated
 ------------------
-- ``FunctionExecutor(backend=, storage=, config=, ...)``: Lithops backend names map to
-  cloudpool's (``localhost`` -> ``local``, ``k8s`` -> ``kubernetes``, others as they are);
-  ``storage`` is a cloudpool storage URL, ``"localhost"``, or a Lithops storage name with
-  its bucket in ``config`` (``{"aws_s3": {"storage_bucket": ...}}``). A ``config`` with a
-  ``lithops`` section is read as a Lithops config (the keys in ``_LITHOPS_KEYS`` and the
-  S3 sections); any other ``config`` is a cloudpool config.
+- ``FunctionExecutor(backend=, storage=, config=, config_file=, ...)``: Lithops backend
+  names map to cloudpool's (``localhost`` -> ``local``, ``k8s`` -> ``kubernetes``, others
+  as they are); ``storage`` is a cloudpool storage URL, ``"localhost"``, or a Lithops
+  storage name with its bucket in ``config``. A ``config`` with Lithops sections
+  (``lithops``, ``localhost``, ``aws_s3``, ``minio``...) is a Lithops config, translated
+  by ``_lithops_config`` (every documented key is mapped or logged at debug); any other
+  ``config`` is a cloudpool config. Without ``config``, Lithops' config file is read if
+  there is one (``LITHOPS_CONFIG_FILE``, ``.lithops_config``, ``~/.lithops/config``).
+  ``runtime_memory`` sets the Lambda memory; per-call ``timeout`` runs the calls on an
+  executor with that time limit; ``extra_env`` is set around each call on the worker.
+- ``Storage``, ``CloudObject`` and the injected ``storage`` parameter
+  (``_lithops_storage``); ``RetryingFunctionExecutor``; ``setup_lithops_logger``;
+  ``default_config``/``extract_storage_config``; ``FuturesList.map`` (chaining).
+  ``python -m cloudpool.compat.lithops_alias program.py`` runs a program that keeps its
+  ``import lithops`` lines.
 - Arguments, as in Lithops: each ``map_iterdata`` item is one call; a ``tuple`` item is
-  the positional arguments, a ``dict`` item the keyword arguments, anything else the
-  first argument; ``extra_args`` (a tuple, or a dict for dict items) is appended to
-  every item. A parameter named ``id`` receives the call's index.
+  the positional arguments, a ``dict`` item the keyword arguments (the value under the
+  name of the function's ``*args``/``**kwargs`` parameter is spread, as Lithops does),
+  anything else the first argument; ``extra_args`` (a tuple, or a dict for dict items) is
+  appended to every item. A parameter named ``id`` receives the call's index, one named
+  ``storage`` a ``Storage`` on the executor's storage. A function that returns futures
+  (of an executor it opened) returns their results, as Lithops composes them.
 - Data processing: a function with a parameter named ``obj`` whose value is a URL gets
   one call per partition of the objects under it (``cloudpool.objects``): ``s3://``,
   ``cos://``, ``gs://``, ``az://``, ``http(s)://``, a local path, Lithops' own
@@ -44,19 +56,22 @@ What is translated
 
 Differences, each deliberate
 ----------------------------
-- Futures are ``concurrent.futures.Future``s (``result(timeout=None)``), not Lithops'
-  ``ResponseFuture``; ``concurrent.futures.wait``/``as_completed`` work on them.
+- Futures are ``concurrent.futures.Future``s (``result(timeout=None)``) with Lithops'
+  ``call_id``, ``error``, ``success`` and ``ready`` attributes, not Lithops'
+  ``ResponseFuture``; ``concurrent.futures.wait``/``as_completed`` work on them; they
+  cannot be pickled (pickle results instead).
 - ``map_reduce`` invokes its reducer once every map call has finished (Lithops may start
   it earlier to wait on the workers); the results are the same. ``spawn_reducer`` is
   accepted and checked, and has no other effect.
-- ``chunksize``, ``threadpool_size``, ``wait_dur_sec``, ``show_progressbar`` and
-  ``download_results`` are accepted: cloudpool sizes batches from measured call times,
-  fetches results in parallel and polls adaptively on its own.
-- Arguments with no cloudpool equivalent raise ``LithopsCompatError`` (a ``ValueError``)
-  naming the argument and what to use instead, before anything runs: ``extra_env``,
-  ``runtime_memory``, per-call ``timeout`` (set ``config={"timeout": ...}`` on the
-  executor), ``include_modules``/``exclude_modules``, cloud objects in ``clean``, and
-  functions that take Lithops' injected ``storage``/``ibm_cos``/``rabbitmq`` clients.
+- ``chunksize``, ``threadpool_size``, ``wait_dur_sec``, ``show_progressbar``,
+  ``download_results``, ``include_modules``/``exclude_modules`` and per-call
+  ``runtime_memory`` on backends without a memory setting are accepted and have no
+  effect: cloudpool sizes batches from measured call times, fetches results in parallel,
+  polls adaptively and pickles functions with cloudpickle.
+- Refused, naming the argument and what to use instead (``LithopsCompatError``, a
+  ``ValueError``), before anything runs: standalone (VM) mode and backends, storages
+  cloudpool has no backend for (redis, swift, infinispan...), ``call_async`` over an
+  ``obj`` URL, functions taking Lithops' ``ibm_cos``/``rabbitmq`` clients, ``plot()``.
 """
 from __future__ import annotations
 
