@@ -238,6 +238,9 @@ def translate(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]
             else:
                 logger.debug("Lithops config %s.%s%s has no cloudpool meaning; ignored", backend, key,
                              "" if target is None or key in _COMPUTE_KEYS else " (unknown key)")
+        aws = config.get("aws") if isinstance(config.get("aws"), Mapping) else {}
+        if cp_backend == "aws_lambda" and aws.get("region") and "region" not in backend_opts:
+            backend_opts["region"] = aws["region"]  # Lithops: the aws section's region by default
         if backend == "localhost" and "max_workers" not in section and section.get("worker_processes"):
             settings["max_workers"] = int(section["worker_processes"])
         if backend_opts:

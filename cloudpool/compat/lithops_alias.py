@@ -9,13 +9,15 @@ or, in code that must keep its ``import lithops`` lines, call ``install()`` firs
 This module owns only the aliasing: it registers ``cloudpool.compat.lithops`` as
 ``lithops`` in ``sys.modules``, with the submodules Lithops programs import from
 (``lithops.config``, ``lithops.storage``, ``lithops.storage.utils``, ``lithops.utils``,
-``lithops.retries``, ``lithops.wait``, ``lithops.executors``). It refuses to replace a
+``lithops.retries``, ``lithops.wait``, ``lithops.executors``), and ``lithops.multiprocessing``
+as ``cloudpool.multiprocessing`` (both follow the stdlib's API). It refuses to replace a
 real Lithops already imported in the process. Worker processes started by ``fork`` (the
 local backend on Linux) inherit the alias; functions defined in the aliased program are
 shipped by value as usual.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import runpy
 import sys
@@ -63,6 +65,16 @@ def install(name: str = "lithops") -> None:
         if not hasattr(_compat, sub):
             setattr(_compat, sub, sys.modules[f"{name}.{sub}"])
     setattr(sys.modules[f"{name}.storage"], "utils", sys.modules[f"{name}.storage.utils"])
+    # Lithops' multiprocessing API is the stdlib's, as is cloudpool's.
+    import cloudpool.multiprocessing as cp_multiprocessing
+
+    sys.modules[f"{name}.multiprocessing"] = cp_multiprocessing
+    for sub in ("connection", "context", "managers", "pool", "process", "queues", "sharedctypes",
+                "synchronize"):
+        # The same module objects, not second copies loaded under lithops.* names.
+        sys.modules[f"{name}.multiprocessing.{sub}"] = importlib.import_module(f"cloudpool.multiprocessing.{sub}")
+    if not hasattr(_compat, "multiprocessing"):
+        setattr(_compat, "multiprocessing", cp_multiprocessing)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
