@@ -236,6 +236,22 @@ class LithopsConfigTest(unittest.TestCase):
                           "log_level": "DEBUG"})
         self.assertEqual(lithops.extract_storage_config(cfg)["localhost"]["storage_bucket"], "storage")
 
+    def test_serverless_sections_map_to_cloudpool_options(self) -> None:
+        from cloudpool.compat import _lithops_config
+
+        config = {"lithops": {"backend": "aws_lambda", "storage": "aws_s3", "execution_timeout": 120},
+                  "aws": {"region": "eu-west-1", "access_key_id": "AK", "secret_access_key": "SK"},
+                  "aws_lambda": {"execution_role": "arn:aws:iam::1:role/r", "runtime_memory": 1024,
+                                 "max_workers": 50, "runtime": "my-fn", "invoke_pool_threads": 64},
+                  "aws_s3": {"storage_bucket": "bkt"},
+                  "ibm_cf": {"namespace": "not used"}}
+        cp, settings = _lithops_config.translate(config)
+        self.assertEqual(cp, {"timeout": 120, "runtime": "my-fn", "aws_lambda": {
+            "role": "arn:aws:iam::1:role/r", "memory_mb": 1024, "region": "eu-west-1"}})
+        self.assertEqual((settings["backend"], settings["bucket"], settings["max_workers"]), ("aws_lambda", "bkt", 50))
+        self.assertEqual(settings["storage_options"], {"region": "eu-west-1", "aws_access_key_id": "AK",
+                                                       "aws_secret_access_key": "SK"})
+
     def test_a_missing_config_file_is_named(self) -> None:
         with self.assertRaisesRegex(FileNotFoundError, "nope.yaml"):
             lithops.FunctionExecutor(config_file="/nonexistent/nope.yaml")
