@@ -29,7 +29,6 @@ import uuid
 from typing import Dict, Optional
 
 import cloudpool.compat.lithops as lithops
-from cloudpool.compat.lithops import LithopsCompatError
 from tests import servers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -390,6 +389,20 @@ class LithopsStorageS3Test(LithopsStorageChecks, unittest.TestCase):
         cls.storage = lithops.Storage(config={"lithops": {"storage": "minio"}, "minio": {
             "endpoint": cls.moto.endpoint_url, "storage_bucket": cls.bucket,
             "access_key_id": servers.S3_ACCESS_KEY, "secret_access_key": servers.S3_SECRET_KEY}})
+
+    def test_storage_parameter_with_a_cloudpool_s3_config(self) -> None:
+        # No AWS_ENDPOINT_URL in the environment: the endpoint comes from the executor's
+        # config only, and the injected storage must use it too.
+        key = f"param-{uuid.uuid4().hex[:8]}"
+        self.storage.put_object(self.bucket, key, b"one two three")
+        creds = {"AWS_ACCESS_KEY_ID": servers.S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": servers.S3_SECRET_KEY,
+                 "AWS_DEFAULT_REGION": servers.S3_REGION}
+        with environ(creds), lithops.FunctionExecutor(
+                storage=f"s3://{self.bucket}/cloudpool",
+                config={"s3": {"endpoint_url": self.moto.endpoint_url}}) as fexec:
+            self.assertEqual(fexec.storage.bucket, self.bucket)
+            fexec.call_async(word_count_from_storage, (self.bucket, key))
+            self.assertEqual(fexec.get_result(), 3)
 
     def test_objects_are_plain_s3_objects(self) -> None:
         import boto3

@@ -20,14 +20,12 @@ The test passes when at least 40 pass and every one that does not is in
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import textwrap
 import unittest
 import xml.etree.ElementTree as ET
 from typing import Dict, Tuple

@@ -165,6 +165,8 @@ def storage_options(name: str, section: Mapping[str, Any]) -> Dict[str, Any]:
         if STORAGES.get(name) == "s3" and key in _S3_OPTIONS:
             if value is not None:
                 out[_S3_OPTIONS[key]] = value
+        elif key.startswith("_cloudpool_"):
+            out[key[len("_cloudpool_"):]] = value  # already a cloudpool option (see FunctionExecutor.storage)
         elif key == "storage_bucket":
             continue
         else:

@@ -81,7 +81,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -94,13 +93,15 @@ from ..storage import split_url
 from . import _lithops_config
 from ._lithops_config import LithopsCompatError, default_config, extract_storage_config, load_yaml_config
 from ._lithops_config import unsupported as _unsupported
-from ._lithops_storage import CloudObject, Storage, StorageNoSuchKeyError, localhost_root
+from ._lithops_storage import CloudObject, Storage, StorageNoSuchKeyError
 from ._lithops_storage import localhost_root as default_localhost_root
 
 __all__ = [
     "FunctionExecutor", "LocalhostExecutor", "ServerlessExecutor", "RetryingFunctionExecutor",
     "FuturesList", "Storage", "CloudObject", "CloudObjectPart", "LithopsCompatError", "wait",
     "get_result", "setup_lithops_logger", "ALWAYS", "ANY_COMPLETED", "ALL_COMPLETED",
+    "RetryingFuture", "StorageNoSuchKeyError", "default_config", "extract_storage_config",
+    "load_yaml_config", "default_localhost_root",
 ]
 
 #: ``return_when`` values, as in Lithops: the percentage of calls that must be done
@@ -528,7 +529,10 @@ class FunctionExecutor:
                     self._storage = Storage(storage_config={"backend": "localhost", "localhost": {}})
                 else:
                     self._storage = Storage(storage_config={"backend": name, name: {
-                        "storage_bucket": bucket, **self._executor.config.section(scheme)}})
+                        "storage_bucket": bucket,
+                        **{f"_cloudpool_{k}": v for k, v in self._executor.config.section(scheme).items()}}})
+            # localhost buckets live where this executor's localhost:// data URLs point.
+            self._storage._root = self._localhost_root
         return self._storage
 
     def __enter__(self) -> "FunctionExecutor":
