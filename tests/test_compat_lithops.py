@@ -262,8 +262,14 @@ import json
 import lithops
 from lithops import RetryingFunctionExecutor
 from lithops.storage import Storage
+from lithops.storage.cloud_proxy import open as cloud_open, os as cloud_os
 from lithops.storage.utils import StorageNoSuchKeyError
 from lithops.utils import setup_lithops_logger
+
+
+def note(x):
+    with cloud_open(f"alias-notes/{x}.txt", "w") as f:
+        f.write(str(x))
 
 
 def square(x, storage):
@@ -276,6 +282,8 @@ if __name__ == "__main__":
     with lithops.FunctionExecutor() as fexec:
         squares = fexec.map(square, range(4)).get_result()
         retried = RetryingFunctionExecutor(fexec).map(square, [5])[0].result()
+        fexec.map(note, [1, 2]).wait()
+    notes = sorted(cloud_os.listdir("alias-notes"))
     st = Storage()
     stored = sorted(int(st.get_object(st.bucket, k)) for k in st.list_keys(st.bucket, "alias-test/"))
     st.delete_objects(st.bucket, st.list_keys(st.bucket, "alias-test/"))
@@ -285,7 +293,7 @@ if __name__ == "__main__":
     except StorageNoSuchKeyError:
         missing = True
     print(json.dumps({"squares": squares, "retried": retried, "stored": stored, "missing": missing,
-                      "module": lithops.__name__}))
+                      "module": lithops.__name__, "notes": notes}))
 '''
 
 
@@ -305,7 +313,8 @@ class LithopsAliasTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         self.assertEqual(out, {"squares": [0, 1, 4, 9], "retried": 25, "stored": [0, 1, 4, 9, 25],
-                               "missing": True, "module": "cloudpool.compat.lithops"})
+                               "missing": True, "module": "cloudpool.compat.lithops",
+                               "notes": ["1.txt", "2.txt"]})
 
     def test_the_alias_does_not_replace_a_real_lithops(self) -> None:
         import types
@@ -379,6 +388,51 @@ class LithopsStorageLocalTest(LithopsStorageChecks, unittest.TestCase):
                 with self.assertRaises(FileNotFoundError):
                     self.storage.get_cloudobject(c)
         self.storage.delete_object(self.bucket, key)
+
+
+class LithopsCloudProxyTest(unittest.TestCase):
+    """``lithops.storage.cloud_proxy``: open() and os.* over a bucket, compared with the
+    same operations on a real directory."""
+
+    def test_files_and_directories_behave_as_on_disk(self) -> None:
+        from cloudpool.compat._lithops_cloud_proxy import CloudFileProxy, cloud_open
+
+        with tempfile.TemporaryDirectory() as tmp:
+            st = lithops.Storage()
+            st._root = os.path.join(tmp, "buckets")  # keep this test's bucket to itself
+            cos = CloudFileProxy(st)
+            disk = os.path.join(tmp, "disk")
+            files = {"a/1.txt": "one", "a/b/2.txt": "two", "c.txt": "three"}
+            for path, text in files.items():
+                with cloud_open(path, "w", st) as f:
+                    f.write(text)
+                os.makedirs(os.path.dirname(os.path.join(disk, path)), exist_ok=True)
+                with open(os.path.join(disk, path), "w") as f:
+                    f.write(text)
+            with cloud_open("/c.txt", "a", st) as f:
+                f.write("+")
+            with open(os.path.join(disk, "c.txt"), "a") as f:
+                f.write("+")
+            self.assertEqual(cloud_open("c.txt", "r", st).read(), "three+")
+            self.assertEqual(cloud_open("a/1.txt", "rb", st).read(), b"one")
+            self.assertEqual(sorted(cos.listdir("a")), sorted(os.listdir(os.path.join(disk, "a"))))
+            self.assertEqual(sorted(cos.listdir("")), sorted(os.listdir(disk)))
+            walked = [(os.path.relpath(r, "/"), sorted(d), sorted(f)) for r, d, f in cos.walk("/")]
+            on_disk = [(os.path.relpath(r, disk), sorted(d), sorted(f)) for r, d, f in os.walk(disk)]
+            self.assertEqual(walked, on_disk)  # both top-down, same order of directories
+            for path in ("a", "a/1.txt", "a/b", "nope", "c.txt"):
+                with self.subTest(path=path):
+                    real = os.path.join(disk, path)
+                    self.assertEqual((cos.path.exists(path), cos.path.isfile(path), cos.path.isdir(path)),
+                                     (os.path.exists(real), os.path.isfile(real), os.path.isdir(real)))
+            cos.remove("a/1.txt")
+            cos.remove("a/b")  # a directory is no object: nothing happens
+            self.assertEqual(cos.listdir("a"), ["b"])
+            self.assertEqual(cos.path.join("x", "y"), os.path.join("x", "y"))  # the rest is os's
+            with self.assertRaises(FileNotFoundError):
+                cloud_open("a/1.txt", "r", st)
+            with self.assertRaisesRegex(ValueError, "mode 'r\\+'"):
+                cloud_open("c.txt", "r+", st)
 
 
 class LithopsStorageS3Test(LithopsStorageChecks, unittest.TestCase):

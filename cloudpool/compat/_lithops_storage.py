@@ -246,10 +246,14 @@ class Storage:
         return [o["Key"] for o in self.list_objects(bucket, prefix)]
 
     def delete_object(self, bucket: str, key: str) -> None:
-        self._store(bucket).delete([self._key(bucket, key)])
+        """Delete ``bucket/key``; an absent object is fine (as in object stores)."""
+        self.delete_objects(bucket, [key])
 
     def delete_objects(self, bucket: str, key_list: Iterable[str]) -> None:
         keys = [self._key(bucket, k) for k in key_list]
+        if self._scheme == "file":
+            # A "directory" of other keys is no object on an object store: nothing to delete.
+            keys = [k for k in keys if not os.path.isdir("/" + k)]
         store = self._store(bucket)
         for i in range(0, len(keys), 1000):
             store.delete(keys[i:i + 1000])

@@ -8,7 +8,8 @@ or, in code that must keep its ``import lithops`` lines, call ``install()`` firs
 
 This module owns only the aliasing: it registers ``cloudpool.compat.lithops`` as
 ``lithops`` in ``sys.modules``, with the submodules Lithops programs import from
-(``lithops.config``, ``lithops.storage``, ``lithops.storage.utils``, ``lithops.utils``,
+(``lithops.config``, ``lithops.storage``, ``lithops.storage.utils``,
+``lithops.storage.cloud_proxy``, ``lithops.utils``,
 ``lithops.retries``, ``lithops.wait``, ``lithops.executors``), and ``lithops.multiprocessing``
 as ``cloudpool.multiprocessing`` (both follow the stdlib's API). It refuses to replace a
 real Lithops already imported in the process. Worker processes started by ``fork`` (the
@@ -24,7 +25,7 @@ import sys
 import types
 from typing import Dict, List, Optional
 
-from . import _lithops_config, _lithops_storage
+from . import _lithops_cloud_proxy, _lithops_config, _lithops_storage
 from . import lithops as _compat
 
 __all__ = ["install", "main"]
@@ -34,6 +35,8 @@ _SUBMODULES: Dict[str, Dict[str, object]] = {
     "config": {name: getattr(_lithops_config, name) for name in (
         "default_config", "load_config", "load_yaml_config", "extract_storage_config")},
     "storage": {"Storage": _compat.Storage},
+    "storage.cloud_proxy": {name: getattr(_lithops_cloud_proxy, name) for name in (
+        "cloud_open", "CloudFileProxy", "open", "os")},
     "storage.utils": {name: getattr(_lithops_storage, name) for name in (
         "CloudObject", "StorageNoSuchKeyError", "StorageNoSuchBucketError")},
     "utils": {"setup_lithops_logger": _compat.setup_lithops_logger, "FuturesList": _compat.FuturesList},
@@ -65,6 +68,7 @@ def install(name: str = "lithops") -> None:
         if not hasattr(_compat, sub):
             setattr(_compat, sub, sys.modules[f"{name}.{sub}"])
     setattr(sys.modules[f"{name}.storage"], "utils", sys.modules[f"{name}.storage.utils"])
+    setattr(sys.modules[f"{name}.storage"], "cloud_proxy", sys.modules[f"{name}.storage.cloud_proxy"])
     # Lithops' multiprocessing API is the stdlib's, as is cloudpool's.
     import cloudpool.multiprocessing as cp_multiprocessing
 
