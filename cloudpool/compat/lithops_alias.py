@@ -19,6 +19,7 @@ shipped by value as usual.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import runpy
 import sys
@@ -29,6 +30,8 @@ from . import _lithops_cloud_proxy, _lithops_config, _lithops_storage
 from . import lithops as _compat
 
 __all__ = ["install", "main"]
+
+LOGGER = logging.getLogger("cloudpool.compat.lithops")
 
 #: submodule -> the names it offers (all taken from cloudpool.compat.lithops' modules).
 _SUBMODULES: Dict[str, Dict[str, object]] = {
@@ -76,7 +79,10 @@ def install(name: str = "lithops") -> None:
     for sub in ("connection", "context", "managers", "pool", "process", "queues", "sharedctypes",
                 "synchronize"):
         # The same module objects, not second copies loaded under lithops.* names.
-        sys.modules[f"{name}.multiprocessing.{sub}"] = importlib.import_module(f"cloudpool.multiprocessing.{sub}")
+        try:
+            sys.modules[f"{name}.multiprocessing.{sub}"] = importlib.import_module(f"cloudpool.multiprocessing.{sub}")
+        except ImportError as exc:  # an optional dependency: the submodule fails when used, not here
+            LOGGER.debug("lithops.multiprocessing.%s not aliased: %s", sub, exc)
     if not hasattr(_compat, "multiprocessing"):
         setattr(_compat, "multiprocessing", cp_multiprocessing)
 
