@@ -372,13 +372,19 @@ class LithopsStorageChecks:
 class LithopsStorageLocalTest(LithopsStorageChecks, unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls.storage = lithops.Storage()  # Lithops' default: localhost storage, bucket 'storage'
+        cls.tmp = tempfile.TemporaryDirectory()
+        # Lithops' default: localhost storage, bucket 'storage' (in a directory of this test's own)
+        cls.storage = lithops.Storage(localhost_root=cls.tmp.name)
         cls.bucket = cls.storage.bucket
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.tmp.cleanup()
 
     def test_storage_parameter_and_cloudobjects_in_calls(self) -> None:
         key = f"t-{uuid.uuid4().hex[:8]}/words"
         self.storage.put_object(self.bucket, key, b"a b c\nd e\n")
-        with lithops.FunctionExecutor() as fexec:  # its 'storage' is the same localhost storage
+        with lithops.FunctionExecutor(localhost_root=self.tmp.name) as fexec:  # same localhost storage
             fexec.call_async(word_count_from_storage, (self.bucket, key))
             self.assertEqual(fexec.get_result(), 5)
             cos = fexec.map(put_cloudobject, [b"x", b"yy"]).get_result()
@@ -398,8 +404,7 @@ class LithopsCloudProxyTest(unittest.TestCase):
         from cloudpool.compat._lithops_cloud_proxy import CloudFileProxy, cloud_open
 
         with tempfile.TemporaryDirectory() as tmp:
-            st = lithops.Storage()
-            st._root = os.path.join(tmp, "buckets")  # keep this test's bucket to itself
+            st = lithops.Storage(localhost_root=os.path.join(tmp, "buckets"))
             cos = CloudFileProxy(st)
             disk = os.path.join(tmp, "disk")
             files = {"a/1.txt": "one", "a/b/2.txt": "two", "c.txt": "three"}

@@ -120,7 +120,8 @@ class Storage:
     """
 
     def __init__(self, config: Optional[Mapping[str, Any]] = None, backend: Optional[str] = None,
-                 storage_config: Optional[Mapping[str, Any]] = None) -> None:
+                 storage_config: Optional[Mapping[str, Any]] = None, *,
+                 localhost_root: Optional[str] = None) -> None:
         if storage_config is None:
             full = default_config(config_data=config) if config else default_config()
             if backend is not None:
@@ -139,7 +140,7 @@ class Storage:
         secret = storages.get(self._scheme).secret_option_names
         self._options = options
         self._secret = {k for k in options if k in secret}
-        self._root = localhost_root()
+        self._root = os.path.abspath(localhost_root) if localhost_root else _default_root()
         self.storage_backend = name
 
     # ------------------------------------------------------------------ plumbing
@@ -284,3 +285,6 @@ class Storage:
             by_bucket.setdefault(co.bucket, []).append(co.key)
         for bucket, keys in by_bucket.items():
             self.delete_objects(bucket, keys)
+
+
+_default_root = localhost_root  # the parameter of Storage() shadows the function's name

@@ -521,18 +521,18 @@ class FunctionExecutor:
         """The Lithops ``Storage`` a function's ``storage`` parameter receives."""
         if self._storage is None:
             if self.config:
-                self._storage = Storage(storage_config=extract_storage_config(self.config))
+                self._storage = Storage(storage_config=extract_storage_config(self.config),
+                                        localhost_root=self._localhost_root)
             else:
                 scheme, bucket, _key = split_url(self._executor.config["storage"])
                 name = _LITHOPS_STORAGE_NAMES.get(scheme, "localhost")
                 if scheme == "file":
-                    self._storage = Storage(storage_config={"backend": "localhost", "localhost": {}})
+                    self._storage = Storage(storage_config={"backend": "localhost", "localhost": {}},
+                                            localhost_root=self._localhost_root)
                 else:
                     self._storage = Storage(storage_config={"backend": name, name: {
                         "storage_bucket": bucket,
                         **{f"_cloudpool_{k}": v for k, v in self._executor.config.section(scheme).items()}}})
-            # localhost buckets live where this executor's localhost:// data URLs point.
-            self._storage._root = self._localhost_root
         return self._storage
 
     def __enter__(self) -> "FunctionExecutor":
