@@ -766,6 +766,8 @@ class FunctionExecutorTest(unittest.TestCase):
              "standalone", "serverless backend"),
             (lambda: lithops.FunctionExecutor(config={"lithops": {"storage": "redis"}}),
              "lithops.storage='redis'", "cloudpool storage URL"),
+            (lambda: lithops.FunctionExecutor(config={"localhost": {"worker_processes": "many"}}),
+             "localhost.worker_processes", "positive integer"),
         ]
         for call, name, fix in cases:
             with self.subTest(name=name):

@@ -59,13 +59,19 @@ _LITHOPS_IGNORED = {
     "retries": "read by RetryingFunctionExecutor",
     "storage_bucket": None,  # handled below
 }
-#: Compute-section keys and what they become (None: no cloudpool meaning, logged).
-_COMPUTE_KEYS = {"max_workers": "max_workers", "runtime": "runtime", "worker_processes": None,
-                 "runtime_memory": "memory", "runtime_timeout": None, "region": "region",
-                 "version": None, "invoke_pool_threads": None, "remote_invoker": None,
-                 "architecture": None, "ephemeral_storage": None, "user_tags": None,
-                 "env_vars": None, "namespace": None, "runtime_include_function": None,
-                 "execution_role": "role", "storage_bucket": None, "user_agent": None}
+#: Keys Lithops documents for its compute backend sections (others are logged as unknown).
+_COMPUTE_KEYS = frozenset({
+    "max_workers", "runtime", "worker_processes", "runtime_memory", "runtime_timeout", "region",
+    "version", "invoke_pool_threads", "remote_invoker", "architecture", "ephemeral_storage",
+    "user_tags", "env_vars", "namespace", "runtime_include_function", "execution_role",
+    "storage_bucket", "user_agent"})
+
+
+def _count(name: str, value: Any) -> int:
+    """A positive int setting, or a ValueError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LithopsCompatError(f"Lithops config {name} must be a positive integer, not {value!r}")
+    return value
 
 
 def load_yaml_config(config_filename: str) -> Dict[str, Any]:
@@ -222,15 +228,15 @@ def translate(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]
         cp_backend = BACKENDS.get(backend, backend)
         backend_opts: Dict[str, Any] = {}
         for key, value in section.items():
-            target = _COMPUTE_KEYS.get(key, None)
             if key == "max_workers" and value is not None:
                 # Lithops localhost runs worker_processes per worker: its parallelism is the product.
-                settings["max_workers"] = int(value) * (int(section.get("worker_processes") or 1)
-                                                        if backend == "localhost" else 1)
+                procs = section.get("worker_processes") if backend == "localhost" else None
+                settings["max_workers"] = _count(f"{backend}.max_workers", value) * (
+                    _count(f"{backend}.worker_processes", procs) if procs is not None else 1)
             elif key == "runtime" and backend != "localhost" and value:
                 out["runtime"] = value
             elif key == "runtime_memory" and cp_backend == "aws_lambda" and value:
-                backend_opts["memory_mb"] = int(value)
+                backend_opts["memory_mb"] = _count(f"{backend}.runtime_memory", value)
             elif key == "execution_role" and cp_backend == "aws_lambda" and value:
                 backend_opts["role"] = value
             elif key == "region" and cp_backend == "aws_lambda" and value:
@@ -239,12 +245,12 @@ def translate(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]
                 continue  # the localhost section doubles as the storage section
             else:
                 logger.debug("Lithops config %s.%s%s has no cloudpool meaning; ignored", backend, key,
-                             "" if target is None or key in _COMPUTE_KEYS else " (unknown key)")
+                             "" if key in _COMPUTE_KEYS else " (not a documented Lithops key)")
         aws = config.get("aws") if isinstance(config.get("aws"), Mapping) else {}
         if cp_backend == "aws_lambda" and aws.get("region") and "region" not in backend_opts:
             backend_opts["region"] = aws["region"]  # Lithops: the aws section's region by default
         if backend == "localhost" and "max_workers" not in section and section.get("worker_processes"):
-            settings["max_workers"] = int(section["worker_processes"])
+            settings["max_workers"] = _count(f"{backend}.worker_processes", section["worker_processes"])
         if backend_opts:
             out[cp_backend] = backend_opts
     if storage is not None and storage not in STORAGES:
