@@ -251,6 +251,28 @@ class LithopsConfigTest(unittest.TestCase):
         self.assertEqual(settings["storage_options"], {"region": "eu-west-1", "aws_access_key_id": "AK",
                                                        "aws_secret_access_key": "SK"})
 
+    def test_storage_sections_map_to_cloudpool_storage_options(self) -> None:
+        from cloudpool.compat import _lithops_config
+
+        cases = [
+            ({"lithops": {"storage": "ibm_cos"}, "ibm": {"iam_api_key": "KEY"},
+              "ibm_cos": {"region": "eu-de", "endpoint": "https://s3.eu-de.example", "storage_bucket": "b"}},
+             {"api_key": "KEY", "region": "eu-de", "endpoint_url": "https://s3.eu-de.example"}),
+            ({"lithops": {"storage": "azure_storage"},
+              "azure_storage": {"storage_account_name": "acct", "storage_account_key": "K", "storage_bucket": "c"}},
+             {"account_url": "https://acct.blob.core.windows.net", "credential": "K"}),
+            ({"lithops": {"storage": "gcp_storage"}, "gcp": {"project_id": "p1", "credentials_path": "/x.json"},
+              "gcp_storage": {"storage_bucket": "g", "region": "europe-west1"}},
+             {"project": "p1"}),
+        ]
+        for config, options in cases:
+            with self.subTest(storage=config["lithops"]["storage"]):
+                _cp, settings = _lithops_config.translate(config)
+                self.assertEqual(settings["storage_options"], options)
+                # and the same options reach Lithops' Storage API
+                st = lithops.Storage(config=config)
+                self.assertEqual(st._options, options)
+
     def test_a_missing_config_file_is_named(self) -> None:
         with self.assertRaisesRegex(FileNotFoundError, "nope.yaml"):
             lithops.FunctionExecutor(config_file="/nonexistent/nope.yaml")

@@ -152,11 +152,24 @@ def default_config(config_file: Optional[str] = None, config_data: Optional[Mapp
     return data
 
 
+def _storage_section(config: Mapping[str, Any], storage: str) -> Dict[str, Any]:
+    """A storage section, with the defaults Lithops takes from its provider section
+    (``aws``, ``ibm``, ``gcp``: region, credentials, project)."""
+    section = dict(config.get(storage) or {})
+    provider = {"aws_s3": "aws", "ibm_cos": "ibm", "gcp_storage": "gcp"}.get(storage)
+    if provider and isinstance(config.get(provider), Mapping):
+        for key, value in config[provider].items():
+            if key in ("region", "access_key_id", "secret_access_key", "session_token",
+                       "iam_api_key", "project_id") and value is not None:
+                section.setdefault(key, value)
+    return section
+
+
 def extract_storage_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The storage part of a Lithops config: ``{"backend": name, name: {...}}``."""
     lith = config.get("lithops") or {}
     backend = lith.get("storage") or "localhost"
-    section = dict(config.get(backend) or {})
+    section = _storage_section(config, backend)
     if lith.get("storage_bucket") and not section.get("storage_bucket"):
         section["storage_bucket"] = lith["storage_bucket"]
     if backend == "localhost":
@@ -164,13 +177,30 @@ def extract_storage_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     return {"backend": backend, backend: section}
 
 
+#: IBM COS section keys -> cloudpool cos options.
+_COS_OPTIONS = {"endpoint": "endpoint_url", "region": "region", "api_key": "api_key",
+                "iam_api_key": "api_key", "access_key_id": "access_key_id",
+                "secret_access_key": "secret_access_key", "service_instance_id": "service_instance_id"}
+#: GCP section keys -> cloudpool gs options.
+_GS_OPTIONS = {"project_id": "project", "project": "project"}
+
+
 def storage_options(name: str, section: Mapping[str, Any]) -> Dict[str, Any]:
     """cloudpool storage options from a Lithops storage section (unknown keys logged)."""
     out: Dict[str, Any] = {}
+    scheme = STORAGES.get(name)
+    table = {"s3": _S3_OPTIONS, "cos": _COS_OPTIONS, "gs": _GS_OPTIONS}.get(scheme or "", {})
+    if scheme == "az" and section.get("storage_account_name"):
+        account = section["storage_account_name"]
+        out["account_url"] = f"https://{account}.blob.core.windows.net"
+        if section.get("storage_account_key"):
+            out["credential"] = section["storage_account_key"]
     for key, value in section.items():
-        if STORAGES.get(name) == "s3" and key in _S3_OPTIONS:
+        if key in table:
             if value is not None:
-                out[_S3_OPTIONS[key]] = value
+                out[table[key]] = value
+        elif scheme == "az" and key in ("storage_account_name", "storage_account_key"):
+            continue
         elif key.startswith("_cloudpool_"):
             out[key[len("_cloudpool_"):]] = value  # already a cloudpool option (see FunctionExecutor.storage)
         elif key == "storage_bucket":
@@ -258,11 +288,7 @@ def translate(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]
                           f"use one of {', '.join(sorted(STORAGES))}, or pass storage= a cloudpool "
                           f"storage URL (s3://bucket/prefix, gs://..., az://..., a local path)")
     if storage is not None:
-        section = dict(config.get(storage) or {})
-        if storage in ("aws_s3",) and isinstance(config.get("aws"), Mapping):
-            for key in ("region", "access_key_id", "secret_access_key", "session_token"):
-                if config["aws"].get(key) is not None:
-                    section.setdefault(key, config["aws"][key])
+        section = _storage_section(config, storage)
         settings["storage_options"] = storage_options(storage, section)
         if section.get("storage_bucket"):
             settings["bucket"] = section["storage_bucket"]
