@@ -1,8 +1,10 @@
 """Lithops' own tests, run against ``cloudpool.compat.lithops``.
 
 The test files come from the Lithops source distribution on PyPI (``lithops==3.7.0``,
-whose ``lithops/tests/`` holds the 48 test functions of ``test_map``, ``test_map_reduce``,
-``test_call_async``, ``test_future``, ``test_storage`` and ``test_retries``), fetched by
+whose ``lithops/tests/`` holds the 48 tests of ``test_map``, ``test_map_reduce``,
+``test_call_async``, ``test_future``, ``test_storage`` and ``test_retries``: 45 functions,
+``test_retries.test_success`` parametrized four ways; 3.8.0 rewrote two of these files
+into unit tests of Lithops' future internals), fetched by
 ``scripts/install-test-deps.sh`` into ``.cache/`` (or by this test with ``pip download``
 when it is missing). They are unpacked into a temporary directory, never copied into this
 repository, and run by pytest in a subprocess as Lithops' ``conftest.py`` runs them (its
