@@ -338,6 +338,36 @@ class LithopsAliasTest(unittest.TestCase):
                                "missing": True, "module": "cloudpool.compat.lithops",
                                "notes": ["1.txt", "2.txt"]})
 
+    def test_lithops_joblib_backend_runs_on_cloudpool(self) -> None:
+        # Lithops' joblib examples: register_lithops() then parallel_backend('lithops').
+        program = (
+            "import os\n"
+            "import joblib\n"
+            "from joblib import Parallel, delayed\n"
+            "from lithops.util.joblib import register_lithops\n"
+            "\n"
+            "def pid_and_square(x):\n"
+            "    return os.getpid(), x * x\n"
+            "\n"
+            "if __name__ == '__main__':\n"
+            "    register_lithops()\n"
+            "    with joblib.parallel_backend('lithops'):\n"
+            "        out = Parallel(n_jobs=-1)(delayed(pid_and_square)(i) for i in range(8))\n"
+            "    print(sorted(v for _, v in out))\n"
+            "    print(os.getpid() not in {p for p, _ in out})\n"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "joblib_program.py")
+            with open(path, "w") as f:
+                f.write(program)
+            env = dict(os.environ, TMPDIR=tmp,
+                       PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run([sys.executable, "-m", "cloudpool.compat.lithops_alias", path],
+                                  env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        lines = proc.stdout.strip().splitlines()
+        self.assertEqual(lines, [str([i * i for i in range(8)]), "True"])  # ran in worker processes
+
     def test_the_alias_does_not_replace_a_real_lithops(self) -> None:
         import types
 

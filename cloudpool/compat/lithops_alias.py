@@ -9,7 +9,7 @@ or, in code that must keep its ``import lithops`` lines, call ``install()`` firs
 This module owns only the aliasing: it registers ``cloudpool.compat.lithops`` as
 ``lithops`` in ``sys.modules``, with the submodules Lithops programs import from
 (``lithops.config``, ``lithops.storage``, ``lithops.storage.utils``,
-``lithops.storage.cloud_proxy``, ``lithops.utils``,
+``lithops.storage.cloud_proxy``, ``lithops.utils``, ``lithops.util.joblib``,
 ``lithops.retries``, ``lithops.wait``, ``lithops.executors``), and ``lithops.multiprocessing``
 as ``cloudpool.multiprocessing`` (both follow the stdlib's API). It refuses to replace a
 real Lithops already imported in the process. Worker processes started by ``fork`` (the
@@ -33,6 +33,21 @@ __all__ = ["install", "main"]
 
 LOGGER = logging.getLogger("cloudpool.compat.lithops")
 
+def register_lithops() -> None:
+    """``lithops.util.joblib.register_lithops``: joblib's ``"lithops"`` backend runs on cloudpool.
+
+    It is cloudpool's own joblib backend (``cloudpool.joblib``) under Lithops' name, so
+    ``with joblib.parallel_backend("lithops"):`` runs every task through a
+    ``CloudPoolExecutor`` configured as usual (``CLOUDPOOL_*``, the config file).
+    """
+    # Imported here: joblib is an optional dependency (cloudpool[joblib]).
+    from joblib import register_parallel_backend
+
+    from .. import joblib as cloudpool_joblib
+
+    register_parallel_backend("lithops", cloudpool_joblib.CloudPoolBackend)
+
+
 #: submodule -> the names it offers (all taken from cloudpool.compat.lithops' modules).
 _SUBMODULES: Dict[str, Dict[str, object]] = {
     "config": {name: getattr(_lithops_config, name) for name in (
@@ -43,6 +58,8 @@ _SUBMODULES: Dict[str, Dict[str, object]] = {
     "storage.utils": {name: getattr(_lithops_storage, name) for name in (
         "CloudObject", "StorageNoSuchKeyError", "StorageNoSuchBucketError")},
     "utils": {"setup_lithops_logger": _compat.setup_lithops_logger, "FuturesList": _compat.FuturesList},
+    "util": {},
+    "util.joblib": {"register_lithops": register_lithops},
     "retries": {"RetryingFunctionExecutor": _compat.RetryingFunctionExecutor,
                 "RetryingFuture": _compat.RetryingFuture},
     "wait": {name: getattr(_compat, name) for name in (
@@ -71,6 +88,7 @@ def install(name: str = "lithops") -> None:
         if not hasattr(_compat, sub):
             setattr(_compat, sub, sys.modules[f"{name}.{sub}"])
     setattr(sys.modules[f"{name}.storage"], "utils", sys.modules[f"{name}.storage.utils"])
+    setattr(sys.modules[f"{name}.util"], "joblib", sys.modules[f"{name}.util.joblib"])
     setattr(sys.modules[f"{name}.storage"], "cloud_proxy", sys.modules[f"{name}.storage.cloud_proxy"])
     # Lithops' multiprocessing API is the stdlib's, as is cloudpool's.
     import cloudpool.multiprocessing as cp_multiprocessing
