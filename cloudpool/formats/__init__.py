@@ -38,8 +38,8 @@ formats.register("lines", "cloudpool.formats.text:LinesPartitioner")
 formats.register("gzip", "cloudpool.formats.text:GzipLinesPartitioner")
 formats.register("bzip2", "cloudpool.formats.text:Bzip2LinesPartitioner")
 formats.register("zstd", "cloudpool.formats.text:ZstdLinesPartitioner", "zstd")
-# formats.register("csv", "cloudpool.formats.csv:CsvPartitioner")
-# formats.register("tsv", "cloudpool.formats.csv:TsvPartitioner")
+formats.register("csv", "cloudpool.formats.csv:CsvPartitioner")
+formats.register("tsv", "cloudpool.formats.csv:TsvPartitioner")
 # -- formats registered by the formats-geo work (parquet, cog, lidar, imzml) go below --
 
 
