@@ -165,6 +165,18 @@ def text_parts(obj: ObjectRef, codec: Optional[str], index: TextIndex, ctx: Part
 
     lo, total = index.data_start, index.total
     nominal = [lo + x for x in ctx.bounds(max(0, total - lo))]
+    point_offsets = [d for _c, d in index.points]
+    if codec is not None:
+        # A part can only start decompressing at a seek point: move each boundary on to
+        # the next one, so no two parts decompress the same unit (a single-member gzip
+        # becomes one part; BGZF or multi-member data hardly moves).
+        snapped = [lo]
+        for x in nominal[1:-1]:
+            k = bisect.bisect_left(point_offsets, x)
+            y = point_offsets[k] if k < len(point_offsets) else total
+            if y > snapped[-1] and y < total:
+                snapped.append(y)
+        nominal = snapped + [total]
     starts = [s for s in index.starts if s > lo]
 
     def c(x: int) -> int:
@@ -180,7 +192,7 @@ def text_parts(obj: ObjectRef, codec: Optional[str], index: TextIndex, ctx: Part
     out = []
     for i in range(n):
         ra, rb = cuts[i], cuts[i + 1]
-        j = bisect.bisect_right([d for _c, d in points], ra) - 1
+        j = bisect.bisect_right(point_offsets, ra) - 1
         comp, dec = points[max(0, j)]
         error = None
         if index.error is not None and index.error_at is not None:
