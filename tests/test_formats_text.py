@@ -185,10 +185,9 @@ class TextFormatsContract:
             self.assertEqual([r for p in clones for r in p], ref[1:])
             for p in parts:
                 self.assertEqual(p.header, ref[0])
-            # Detection agrees with the explicit format.
+            # Detection leaves CSV to format= (lines, as before formats existed).
             detected = self.parts(url, chunk_size=chunk)
-            self.assertTrue(all(isinstance(p, CsvPart) for p in detected), detected)
-            self.assertEqual([r for p in detected for r in p], ref[1:])
+            self.assertEqual(b"".join(r for p in detected for r in p), data)
         check()
 
     def test_quoted_newlines_at_every_boundary(self) -> None:
@@ -252,9 +251,15 @@ class TextFormatsContract:
         for name, blob in cases.items():
             url = self.put(uuid.uuid4().hex[:6] + name, blob)
             kinds[name] = type(self.parts(url)[0])
-        self.assertEqual(kinds, {"d.csv.gz": CsvPart, "d.log.gz": LinesPart, "d.csv": CsvPart,
+        self.assertEqual(kinds, {"d.csv.gz": LinesPart, "d.log.gz": LinesPart, "d.csv": ObjectPart,
                                  "d.txt": ObjectPart, "noext": LinesPart,
-                                 "d.tsv.bz2": CsvPart})
+                                 "d.tsv.bz2": LinesPart})
+        # Text that starts like gzip but is not gzip stays plain lines.
+        for blob in (b"\x1f\x8b\x08", b"\x1f\x8b\x08 not really gzip\n" * 40):
+            url = self.put(uuid.uuid4().hex[:6] + ".txt", blob)
+            parts = self.parts(url)
+            self.assertIsInstance(parts[0], ObjectPart)
+            self.assertEqual(b"".join(p.read() for p in parts), blob)
 
     def test_index_is_cached_and_invalidated(self) -> None:
         data = b"".join(b"%d\n" % i for i in range(3000))
@@ -338,10 +343,12 @@ class FormatArgumentTests(unittest.TestCase):
         self.assertIn("cloudpool[zstd]", str(cm.exception))
 
     def test_detect_prefers_magic_over_extension(self) -> None:
-        self.assertEqual(detect(b"\x1f\x8b\x08\x00", "data.txt"), "gzip")
-        self.assertEqual(detect(b"\x1f\x8b\x08\x00", "data.csv.gz"), "csv")
-        self.assertEqual(detect(b"BZh91AY&SY", "x"), "bzip2")
-        self.assertEqual(detect(b"a,b\n", "x.tsv"), "tsv")
+        gz = gzip.compress(b"a,b\n")
+        self.assertEqual(detect(gz, "data.txt"), "gzip")
+        self.assertEqual(detect(gz, "data.csv.gz"), "gzip")
+        self.assertEqual(detect(bz2.compress(b"x"), "x"), "bzip2")
+        self.assertEqual(detect(b"a,b\n", "x.tsv"), "lines")
+        self.assertEqual(detect(b"\x1f\x8b\x08\x00", "x.gz"), "lines")  # not a whole stream
         self.assertEqual(detect(b"hello", "x.bin"), "lines")
 
 
@@ -394,7 +401,8 @@ class EndToEndMixin:
             got = list(ex.map(count_words, objects(self.base + "t/", chunk_size=20000, **opts)))
             self.assertEqual(sum(got), 2 * words)
             self.assertGreater(len(got), 4)
-            sums = ex.map_reduce(sum_column, objects(self.base + "c/", chunk_size=5000, **opts),
+            sums = ex.map_reduce(sum_column, objects(self.base + "c/", chunk_size=5000, format="csv",
+                                                     **opts),
                                  total, per_object=True)
             self.assertEqual(list(sums), [self.base + "c/one.csv.gz", self.base + "c/two.csv"])
             self.assertEqual(list(sums.values()), [float(sum(range(2000)))] * 2)
@@ -406,7 +414,8 @@ class EndToEndMixin:
         url = self.put("bad/x.csv", data)
         with CloudPoolExecutor(2, storage=self.executor_storage) as ex:
             futs = [ex.submit(count_rows, p) for p in objects(
-                url, chunk_size=400, storage_options=self.options, index_cache=self.cache_url)]
+                url, chunk_size=400, format="csv", storage_options=self.options,
+                index_cache=self.cache_url)]
             outcomes = []
             for f in futs:
                 exc = f.exception(timeout=120)
@@ -416,7 +425,8 @@ class EndToEndMixin:
         self.assertIsInstance(errors[0], FormatError)
         self.assertIn(url, str(errors[0]))
         # Every other part's result arrived, and equals counting it here.
-        local = [fail_or_count(p) for p in objects(url, chunk_size=400, storage_options=self.options,
+        local = [fail_or_count(p) for p in objects(url, chunk_size=400, format="csv",
+                                                   storage_options=self.options,
                                                    index_cache=self.cache_url)]
         self.assertEqual([o for o in outcomes if isinstance(o, int)],
                          [o for o in local if isinstance(o, int)])

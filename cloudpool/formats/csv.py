@@ -232,6 +232,7 @@ class CsvPartitioner(LinesPartitioner):
     name = "csv"
     extensions = (".csv",)
     compressible = True
+    detect_by_extension = False
     defaults = {"delimiter": ",", "quotechar": '"', "escapechar": None, "doublequote": True,
                 "skipinitialspace": False, "strict": False, "header": True,
                 "encoding": "utf-8", "compression": "infer"}

@@ -377,6 +377,24 @@ class _CompressedLines(LinesPartitioner):
         options.setdefault("compression", self.codec)
         super().__init__(**options)
 
+    @classmethod
+    def sniff(cls, head: bytes, key: str) -> bool:
+        """Magic bytes, confirmed by decompressing the head: plain text that happens to
+        start with ``\x1f\x8b\x08`` must stay plain lines."""
+        if not super().sniff(head, key):
+            return False
+        from . import SNIFF_BYTES
+        try:
+            unit = CODECS[cls.codec][2]()
+        except ImportError:
+            return True  # cannot confirm without the library; the magic decides
+        try:
+            unit.decompress(head)
+        except Exception:  # noqa: BLE001 - any decoder error means "not this codec"
+            return False
+        # A whole object shorter than the sniff window must be a complete stream.
+        return len(head) >= SNIFF_BYTES or bool(unit.eof)
+
 
 class GzipLinesPartitioner(_CompressedLines):
     name = "gzip"
