@@ -158,6 +158,23 @@ class TextFormatsContract:
         self.assertEqual(len(parts), 1)
         self.assertEqual(list(parts[0]), [])
 
+    def test_single_member_gzip_splits_with_a_zran_index(self) -> None:
+        import cloudpool.formats.text as text
+        rng = random.Random(5)
+        data = b"".join(b"%d %s\n" % (i, b"q" * rng.randint(0, 40)) for i in range(40000))
+        url = self.put("one.txt.gz", gzip.compress(data, mtime=0))
+        with mock.patch.object(text, "ZRAN_MIN_SPACING", 64 * 1024):
+            parts = self.parts(url, chunk_size=256 * 1024)
+            self.assertGreater(len(parts), 3)  # not one part: seek points inside the member
+            self.assertTrue(all(p.zran is not None for p in parts))
+            self.check_lines(data, parts)
+            again = self.parts(url, chunk_size=256 * 1024)  # index from the cache
+            self.assertEqual(again, parts)
+        # Without a cache there is nowhere to keep the index: one part, still right.
+        single = self.parts(url, chunk_size=256 * 1024, index_cache=False)
+        self.assertEqual(len(single), 1)
+        self.check_lines(data, single)
+
     def test_chunks_mode_and_bgzf_like_layout(self) -> None:
         data = b"".join(b"line %06d\n" % i for i in range(20000))
         url = self.put("bgzf.gz", gzip_layout(data, list(range(0, len(data), 65280))))
