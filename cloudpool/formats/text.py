@@ -19,10 +19,11 @@ Part ``i`` owns the decompressed bytes ``[c(x_i), c(x_{i+1}))`` where ``x_i`` ar
 nominal boundaries of ``chunk_size`` decompressed bytes and ``c(x)`` is the first indexed
 record start at or after ``x``. Parts therefore tile the data at record starts: every
 record belongs to exactly one part. A part decompresses from the last seek point at or
-before its start, so reading all parts costs one decompression plus, per part, at most
-the distance back to its seek point (``g`` is an eighth of the part size when the data
-has enough units; a single-member gzip has one seek point, see the README's limits).
-The index is cached (``IndexCache``) keyed by the object's version and ``g``.
+before its start; boundaries are moved on to seek points, so no unit is decompressed by
+two parts. A gzip member much longer than a part gets seek points inside it from an
+indexed_gzip ("zran") index, built at first use and loaded by the parts from the index
+cache (``zran_index``). The index is cached (``IndexCache``) keyed by the object's
+version and ``g``.
 """
 from __future__ import annotations
 
@@ -388,6 +389,9 @@ class LinesPart(TextPart):
         self.newline = newline
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.newline == b"\n":
+            yield from self._iter_newlines()
+            return
         sep, L = self.newline, len(self.newline)
         # L-1 bytes of left context: an occurrence straddling ra ends a record inside us.
         base = max(self.dec if self.codec else 0, self.ra - (L - 1))
@@ -415,6 +419,20 @@ class LinesPart(TextPart):
             yield bytes(buf[cur:])
         self.check_error(self.rb)
 
+
+    def _iter_newlines(self) -> Iterator[bytes]:
+        # ``ra`` is a record start, so no left context is needed; BytesIO splits the
+        # whole lines of each block in C.
+        carry = b""
+        for block in self.blocks():
+            data = carry + block if carry else block
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield from io.BytesIO(data[:cut])
+            carry = data[cut:]
+        if carry:
+            yield carry
+        self.check_error(self.rb)
 
 # ---------------------------------------------------------------------------- partitioners
 class LinesPartitioner(Partitioner):
