@@ -216,6 +216,17 @@ class TextFormatsContract:
             parts = self.parts(url, chunk_size=chunk, format="csv")
             self.assertEqual([r for p in parts for r in p], ref[1:], chunk)
 
+    def test_csv_tiny_objects(self) -> None:
+        for data in (b"", b"a", b"h\n", b"h1,h2\nx,y", b'h\n"a\nb"', b"\n\n"):
+            for blob, suffix in ((data, ".csv"), (gzip.compress(data), ".csv.gz")):
+                with self.subTest(data=data, suffix=suffix):
+                    url = self.put(uuid.uuid4().hex[:6] + suffix, blob)
+                    parts = self.parts(url, chunk_size=1, format="csv")
+                    ref = reference_rows(data)
+                    self.assertGreaterEqual(len(parts), 1)
+                    self.assertEqual([r for p in parts for r in p], ref[1:])
+                    self.assertTrue(all(p.header == (ref[0] if ref else None) for p in parts))
+
     def test_csv_without_header_and_options(self) -> None:
         data = b"a;b\n'x;y';2\n"
         url = self.put("semi.csv", data)
