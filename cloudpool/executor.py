@@ -348,7 +348,12 @@ class CloudPoolExecutor(Executor):
         return map_reduce(self, map_fn, data, reduce_fn, per_object=per_object, timeout=timeout)
 
     def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
-        return partitioned_for(iterable, self._max_workers)
+        iterable = partitioned_for(iterable, self._max_workers)
+        objects_module = sys.modules.get("cloudpool.objects")  # never imported just to check
+        if objects_module is not None and isinstance(iterable, objects_module.Objects):
+            from .formats import with_executor_cache  # indexes where the workers can read
+            iterable = with_executor_cache(iterable, self._storage)
+        return iterable
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:

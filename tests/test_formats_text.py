@@ -495,6 +495,29 @@ class S3EndToEndTests(EndToEndMixin, unittest.TestCase):
         cls._env.stop()
         clear_cache()
 
+    def test_index_kept_in_the_executors_storage(self) -> None:
+        # Single-member gzip split with a zran index, with a remote executor storage and
+        # no index_cache: the index goes to the executor's bucket, where the workers read it.
+        import boto3
+        import cloudpool.formats.text as text
+        from tests import servers
+        rng = random.Random(9)
+        data = b"".join(b"%d %s\n" % (i, b"word " * rng.randint(0, 8)) for i in range(30000))
+        url = self.put("single/one.txt.gz", gzip.compress(data, mtime=0))
+        run_bucket = "formats-run-" + uuid.uuid4().hex[:8]
+        s3 = boto3.client("s3", endpoint_url=self.options["endpoint_url"])
+        s3.create_bucket(Bucket=run_bucket)
+        config = {"s3": {"endpoint_url": self.options["endpoint_url"], "region": servers.S3_REGION}}
+        with mock.patch.object(text, "ZRAN_MIN_SPACING", 64 * 1024):
+            with CloudPoolExecutor(2, storage=f"s3://{run_bucket}/run", config=config) as ex:
+                got = list(ex.map(count_words, objects(url, chunk_size=256 * 1024,
+                                                       storage_options=self.options)))
+        self.assertGreaterEqual(len(got), 3)  # one part without the index
+        self.assertEqual(sum(got), len(data.split()))
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=run_bucket,
+                                                     Prefix="cloudpool-index/").get("Contents", [])]
+        self.assertTrue(any("/zran-" in k for k in keys), keys)
+
     def setUp(self) -> None:
         run = uuid.uuid4().hex[:8]
         self.base = f"s3://{self.bucket}/{run}/"

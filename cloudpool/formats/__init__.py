@@ -167,3 +167,19 @@ def partition_object(objs: Any, url: str, info: Any, part_size: Optional[int]) -
                            options=partitioner.options,
                            index_cache=_cache_for(objs.index_cache, objs.storage_options))
     return list(partitioner.parts(obj, ctx))
+
+
+def with_executor_cache(objs: Any, storage: Any) -> Any:
+    """``objs`` with its default index cache moved to a remote executor's storage.
+
+    With a cloud backend the workers cannot read the client's cache directory, and an
+    index that parts load (gzip zran) must be where they can: under ``cloudpool-index/``
+    in the executor's bucket, which outlives each executor's own prefix. Local storage
+    keeps the per-user cache directory (shared by every run on the machine).
+    """
+    if objs.index_cache is not None or not storage.remote or not storage.writable:
+        return objs
+    import copy
+    out = copy.copy(objs)
+    out.index_cache = IndexCache(storage.url("cloudpool-index"), storage.options)
+    return out
