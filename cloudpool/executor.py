@@ -374,8 +374,22 @@ class CloudPoolExecutor(Executor):
             return results
         return itertools.chain.from_iterable(results)
 
+    def map_reduce(self, map_fn: Callable[[Any], Any], data: Iterable[Any],
+                   reduce_fn: Callable[[List[Any]], Any], *, per_object: bool = False,
+                   timeout: Optional[float] = None) -> Any:
+        """``reduce_fn(list(self.map(map_fn, data)))``, the reduction run as one more call;
+        with ``per_object=True`` a dict ``{object url: reduction}`` over ``objects(...)``
+        parts. See ``cloudpool.mapreduce``."""
+        from .mapreduce import map_reduce
+        return map_reduce(self, map_fn, data, reduce_fn, per_object=per_object, timeout=timeout)
+
     def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
-        return partitioned_for(iterable, self._max_workers, self._config)
+        iterable = partitioned_for(iterable, self._max_workers, self._config)
+        objects_module = sys.modules.get("cloudpool.objects")  # never imported just to check
+        if objects_module is not None and isinstance(iterable, objects_module.Objects):
+            from .formats import with_executor_cache  # indexes where the workers can read
+            iterable = with_executor_cache(iterable, self._storage)
+        return iterable
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
