@@ -36,8 +36,9 @@ from ._ranged import RangedFile, ReadStats
 
 __all__ = ["CogPart", "cog_parts", "RasterInfo"]
 
-#: Tiles whose byte ranges are closer than this are fetched in one GET (the gap is read).
-MERGE_GAP = 0
+#: Tiles whose byte ranges are closer than this are fetched in one GET (the gap is read;
+#: GDAL's COG driver puts 8 bytes of size leader/trailer between consecutive tiles).
+MERGE_GAP = 1024
 _counter = itertools.count()
 _counter_lock = threading.Lock()
 
