@@ -462,20 +462,27 @@ class Objects:
 
     def __init__(self, urls: Sequence[str], *, chunk_size: Optional[int], chunks: Optional[int],
                  newline: Optional[bytes], storage_options: Mapping[str, Any],
-                 parallelism: Optional[int] = None) -> None:
+                 parallelism: Optional[int] = None, format: Optional[str] = None,
+                 format_options: Optional[Mapping[str, Any]] = None,
+                 index_cache: Union[str, bool, None] = None) -> None:
         self.urls = tuple(urls)
         self.chunk_size = chunk_size
         self.chunks = chunks
         self.newline = newline
         self.storage_options = dict(storage_options)
         self.parallelism = parallelism
+        self.format = format
+        self.format_options = dict(format_options or {})
+        self.index_cache = index_cache
 
     def with_parallelism(self, n: int) -> "Objects":
         """A copy whose automatic mode targets ``n`` workers (the executor calls this)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"parallelism must be a positive int, not {n!r}")
         return Objects(self.urls, chunk_size=self.chunk_size, chunks=self.chunks,
-                       newline=self.newline, storage_options=self.storage_options, parallelism=n)
+                       newline=self.newline, storage_options=self.storage_options, parallelism=n,
+                       format=self.format, format_options=self.format_options,
+                       index_cache=self.index_cache)
 
     def __repr__(self) -> str:
         if self.chunk_size is not None:
@@ -549,9 +556,16 @@ class Objects:
         return [i * size // n for i in range(n + 1)]
 
     def _parts_of(self, backend: StorageBackend, info: ObjectInfo,
-                  part_size: Optional[int]) -> Iterator[ObjectPart]:
-        bounds = self._bounds(info.size, part_size)
+                  part_size: Optional[int]) -> Iterator[Any]:
         url = backend.url(info.key)
+        if self.format is not None or self.newline is not None:
+            # Formats (cloudpool/formats/): detection, compressed text, CSV, ...
+            from . import formats as _formats
+            parts = _formats.partition_object(self, url, info, part_size)
+            if parts is not None:
+                yield from parts
+                return
+        bounds = self._bounds(info.size, part_size)
         n = len(bounds) - 1
         for i in range(n):
             yield ObjectPart(url, bounds[i], bounds[i + 1], i, n, info.size,
@@ -573,7 +587,8 @@ class Objects:
 
 def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
             chunks: Optional[int] = None, newline: Union[bytes, str, None] = b"\n",
-            storage_options: Optional[Mapping[str, Any]] = None) -> Objects:
+            storage_options: Optional[Mapping[str, Any]] = None, format: Optional[str] = None,
+            index_cache: Union[str, bool, None] = None, **format_options: Any) -> Objects:
     """The partitions of the objects named by ``url_or_urls``, as an iterable of ``ObjectPart``.
 
     ``url_or_urls`` is one URL or a list of them; each names a bucket or prefix
@@ -588,11 +603,17 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
     is smaller than 1 MiB.
 
     ``newline`` is the record separator (see the module docstring for the rule); ``None``
-    gives exact byte ranges. ``storage_options`` are passed to the storage backend (for
+    gives exact byte ranges (and no format detection). ``storage_options`` are passed to the storage backend (for
     example ``{"endpoint_url": "http://127.0.0.1:5000"}`` for S3); options that the
     backend declares as credentials do not travel with the parts.
 
-    Raises ``ValueError`` for a malformed URL, an unknown scheme, or bad sizes at once,
+    ``format`` names the data format (``cloudpool.formats``: ``"lines"``, ``"gzip"``,
+    ``"csv"``, ...); ``None`` detects it per object (magic bytes, then extension, else
+    plain lines). Other keyword arguments are that format's options (``delimiter=";"``).
+    ``index_cache`` is where built indexes are kept: a storage URL, ``None`` for the
+    user's cache directory, ``False`` for no caching.
+
+    Raises ``ValueError`` for a malformed URL, an unknown scheme or format, or bad sizes at once,
     and ``FileNotFoundError`` naming the URL, while iterating, for a URL that matches no
     object.
     """
@@ -622,8 +643,13 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
         raise ValueError(f"chunks must be a positive int (parts per object), not {chunks!r}")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise TypeError(f"storage_options must be a mapping, not {type(storage_options).__name__}")
-    return Objects(urls, chunk_size=size, chunks=chunks, newline=_check_newline(newline),
-                   storage_options=storage_options or {})
+    newline = _check_newline(newline)
+    if format is not None or format_options:
+        from . import formats as _formats
+        _formats.check_request(format, format_options, newline)
+    return Objects(urls, chunk_size=size, chunks=chunks, newline=newline,
+                   storage_options=storage_options or {}, format=format,
+                   format_options=format_options, index_cache=index_cache)
 
 
 class _CallableModule(types.ModuleType):
