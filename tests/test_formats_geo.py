@@ -18,8 +18,9 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rasterio.windows import transform as window_transform
 
-from cloudpool import CloudPoolExecutor
-from cloudpool.formats.cog import CogPart, cog_parts
+from cloudpool import CloudPoolExecutor, objects
+from cloudpool.formats import FormatError
+from cloudpool.formats.cog import CogPart
 
 try:
     from tests._format_stores import LocalStore, S3Store
@@ -37,14 +38,16 @@ def raster(height: int, width: int, count: int = 1, *, seed: int = 0) -> np.ndar
 
 def geotiff_bytes(data: np.ndarray, *, block: int = 64, cog: bool = True, interleave: str = "pixel",
                   origin: float = 300000.0) -> bytes:
-    """A COG (GDAL's COG driver, pixel-interleaved), or with ``interleave="band"`` a tiled
-    GeoTIFF in separate band planes (GTiff driver: not COG layout, still windowable), or
-    with ``cog=False`` a GeoTIFF in strips."""
+    """A COG (GDAL's COG driver, pixel-interleaved, tiles of 128 px or more); for smaller
+    tiles or ``interleave="band"`` a tiled GeoTIFF (GTiff driver: not the COG layout, still
+    windowable); with ``cog=False`` a GeoTIFF in strips."""
     count, height, width = data.shape
     profile = dict(width=width, height=height, count=count, dtype=str(data.dtype), crs="EPSG:32633",
                    transform=from_origin(origin, 5900040.0, 10, 10), compress="deflate")
-    if cog and interleave == "band":
-        profile.update(driver="GTiff", tiled=True, blockxsize=block, blockysize=block, interleave="band")
+    if cog and (interleave == "band" or block < 128):
+        # GDAL's COG driver wants tiles of 128 px or more and writes pixel interleave.
+        profile.update(driver="GTiff", tiled=True, blockxsize=block, blockysize=block,
+                       interleave=interleave)
     elif cog:
         profile.update(driver="COG", blocksize=block)
     else:
@@ -65,12 +68,12 @@ class CogContract:
     window_stride = 1  # check every window (S3: every n-th, each costs 3 HTTP requests)
 
     def parts(self, urls: Any, **kw: Any) -> List[CogPart]:
-        return cog_parts([urls] if isinstance(urls, str) else urls, storage_options=self.options, **kw)
+        return list(objects(urls, format="cog", storage_options=self.options, **kw))
 
     def test_every_pixel_in_exactly_one_window(self) -> None:
         @settings(max_examples=self.examples, deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-        @given(h=st.integers(1, 200), w=st.integers(1, 200), block=st.sampled_from([16, 32, 64]),
+        @given(h=st.integers(1, 300), w=st.integers(1, 300), block=st.sampled_from([16, 32, 128]),
                grid=st.one_of(st.none(), st.tuples(st.integers(1, 12), st.integers(1, 12))),
                blocks=st.tuples(st.integers(1, 3), st.integers(1, 3)), snapped=st.booleans(),
                count=st.integers(1, 3), interleave=st.sampled_from(["band", "pixel"]))
@@ -123,7 +126,8 @@ class CogContract:
         parts = self.parts(urls, grid=(3, 4), align=True)
         self.assertEqual(len(parts), 12)
         for p in parts:
-            self.assertEqual(p.urls, tuple(urls))
+            self.assertEqual(len(p.urls), 2)
+            self.assertTrue(all(u.endswith(v) for u, v in zip(p.urls, urls)), p.urls)
             a, b = p.read(1)
             win = np.s_[p.row_off:p.row_off + p.height, p.col_off:p.col_off + p.width]
             np.testing.assert_array_equal(a, red[0][win])
@@ -142,7 +146,7 @@ class CogContract:
     def test_bad_arguments(self) -> None:
         url = self.put("g.tif", geotiff_bytes(raster(20, 20), block=16))
         for grid in ((0, 3), (2,), "11x11", (1.5, 2)):
-            with self.assertRaisesRegex(ValueError, "grid must be"):
+            with self.assertRaisesRegex(ValueError, "format 'cog' option grid must be"):
                 self.parts(url, grid=grid)
 
     def test_non_tiled_geotiff_fails_on_its_own_part_only(self) -> None:
@@ -154,18 +158,18 @@ class CogContract:
         self.assertEqual(len(parts), 4 + 1 + 1)
         for url, what in ((strips, "not a Cloud-Optimized GeoTIFF: stored in strips"),
                           (junk, "not a GeoTIFF")):
-            part = next(p for p in parts if p.url == url)
-            with self.assertRaises(ValueError) as ctx:
+            part = next(p for p in parts if p.url.endswith(url))
+            with self.assertRaises(FormatError) as ctx:  # a ValueError
                 part.read()
             self.assertIn(url, str(ctx.exception))
             self.assertIn(what, str(ctx.exception))
         with CloudPoolExecutor(2) as ex:
             futures = {ex.submit(window_sum, p): p for p in parts}
             cf.wait(futures)
-        ok = [f.result() for f, p in futures.items() if p.url == good]
+        ok = [f.result() for f, p in futures.items() if p.url.endswith(good)]
         self.assertEqual(len(ok), 4)  # no other part's result lost
         self.assertEqual(sum(ok), float(good_data.astype(np.float64).sum()))
-        self.assertTrue(all(isinstance(f.exception(), ValueError) for f, p in futures.items() if p.url != good))
+        self.assertTrue(all(isinstance(f.exception(), ValueError) for f, p in futures.items() if not p.url.endswith(good)))
 
     def test_one_pixel_raster_and_grid_larger_than_raster(self) -> None:
         data = raster(1, 1)

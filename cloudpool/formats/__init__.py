@@ -15,6 +15,7 @@ registered class without pulling in pyarrow or rasterio; a missing dependency su
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, List, Mapping, Optional, Tuple, Type
 
 from ..errors import MissingDependencyError
@@ -41,6 +42,10 @@ formats.register("zstd", "cloudpool.formats.text:ZstdLinesPartitioner", "zstd")
 # formats.register("csv", "cloudpool.formats.csv:CsvPartitioner")
 # formats.register("tsv", "cloudpool.formats.csv:TsvPartitioner")
 # -- formats registered by the formats-geo work (parquet, cog, lidar, imzml) go below --
+formats.register("parquet", "cloudpool.formats.parquet:ParquetPartitioner", "parquet")
+formats.register("cog", "cloudpool.formats.cog:CogPartitioner", "geo")
+formats.register("lidar", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
+formats.register("imzml", "cloudpool.formats.imzml:ImzmlPartitioner", "imzml")
 
 
 def _classes() -> List[Tuple[str, Type[Partitioner]]]:
@@ -165,3 +170,31 @@ def partition_object(objs: Any, url: str, info: Any, part_size: Optional[int]) -
                            options=partitioner.options,
                            index_cache=_cache_for(objs.index_cache, objs.storage_options))
     return list(partitioner.parts(obj, ctx))
+
+
+def spans_objects(objs: Any) -> bool:
+    """Whether ``objs``' explicit format makes parts that hold several objects at once
+    (COG windows with ``align=True``); ``objects()`` then lists everything first."""
+    if objs.format is None:
+        return False
+    return get_partitioner(objs.format, _with_newline(objs.format, objs.format_options,
+                                                      objs.newline)).spans_objects()
+
+
+def partition_all(objs: Any, listed: List[Tuple[str, Any]]) -> list:
+    """The parts of all listed ``(url, ObjectInfo)`` at once, for a format that
+    :func:`spans_objects`."""
+    fmt = objs.format
+    partitioner = get_partitioner(fmt, _with_newline(fmt, objs.format_options, objs.newline))
+    refs = [ObjectRef(url, info.size, info.etag, info.mtime, objs.storage_options)
+            for url, info in listed]
+    part_size = None
+    if not (objs.chunk_size or objs.chunks):  # the automatic size, as Objects computes it
+        from ..objects import AUTO_MIN_PART_SIZE, AUTO_PARTS_PER_WORKER
+        workers = objs.parallelism or os.cpu_count() or 1
+        total = sum(info.size for _url, info in listed)
+        part_size = max(AUTO_MIN_PART_SIZE, -(-total // (AUTO_PARTS_PER_WORKER * workers)))
+    ctx = PartitionContext(chunk_size=objs.chunk_size, chunks=objs.chunks, part_size=part_size,
+                           options=partitioner.options,
+                           index_cache=_cache_for(objs.index_cache, objs.storage_options))
+    return list(partitioner.parts_of_all(refs, ctx))

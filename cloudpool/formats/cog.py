@@ -30,11 +30,12 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._ranged import RangedFile, ReadStats
+from .base import ObjectRef, Part, PartitionContext, Partitioner, require
 
-__all__ = ["CogPart", "cog_parts", "RasterInfo"]
+__all__ = ["CogPartitioner", "CogPart", "RasterInfo"]
 
 #: Tiles whose byte ranges are closer than this are fetched in one GET (the gap is read;
 #: GDAL's COG driver puts 8 bytes of size leader/trailer between consecutive tiles).
@@ -44,11 +45,7 @@ _counter_lock = threading.Lock()
 
 
 def _rasterio() -> Any:
-    try:
-        import rasterio
-    except ImportError:
-        raise ImportError("format='cog' needs rasterio: pip install 'cloudpool[geo]'") from None
-    return rasterio
+    return require("rasterio", "geo", "cog")
 
 
 class _LoggingFile(RangedFile):
@@ -139,12 +136,11 @@ class RasterInfo:
         return [(lo, hi) for lo, hi in merged]
 
 
-def raster_info(url: str, size: Optional[int] = None, *,
-                storage_options: Optional[Mapping[str, Any]] = None,
-                stats: Optional[ReadStats] = None) -> RasterInfo:
-    """Open ``url``'s header (ranged GETs) and describe it; ``error`` set if it is no COG."""
+def raster_info(obj: ObjectRef, stats: Optional[ReadStats] = None) -> RasterInfo:
+    """Open ``obj``'s header (ranged GETs) and describe it; ``error`` set if it is no COG."""
     rasterio = _rasterio()
-    f = _LoggingFile(url, size, storage_options=storage_options, stats=stats)
+    url = obj.url
+    f = _LoggingFile(url, obj.size, storage_options=obj.storage_options, stats=stats)
     name = url.rstrip("/").rsplit("/", 1)[-1] or "raster.tif"
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
         try:
@@ -215,13 +211,15 @@ def windows(info: RasterInfo, grid: Optional[Tuple[int, int]] = None,
             for i in range(len(rows) - 1) for j in range(len(cols) - 1)]
 
 
-class CogPart:
+class CogPart(Part):
     """One window of one raster, or the same window of several aligned rasters.
 
-    Attributes: ``urls`` (one per raster; ``url`` is the first), ``part``/``parts``,
-    ``row``/``col`` (the window's place in the grid), ``row_off``/``col_off``/``height``/
-    ``width`` (pixels), ``transform`` (the window's affine transform, 6 numbers),
-    ``crs``, ``error`` (set for a raster that cannot be read by windows: reading raises).
+    Attributes (besides ``Part``'s, which describe the first raster): ``objs`` (one
+    ``ObjectRef`` per raster), ``urls``, ``row``/``col`` (the window's place in the grid),
+    ``row_off``/``col_off``/``height``/``width`` (pixels), ``window`` (a rasterio
+    ``Window``), ``transform`` (the window's affine transform, 6 numbers), ``crs``
+    (string), ``header_ends`` and ``tile_ranges`` (what it reads of each raster),
+    ``problem`` (set for a raster that cannot be read by windows: reading raises it).
 
     :meth:`read` returns one numpy array per raster, each ``(bands, height, width)`` (or
     ``(height, width)`` with an int ``indexes``); iterating yields the same arrays.
@@ -230,16 +228,13 @@ class CogPart:
 
     format = "cog"
 
-    def __init__(self, urls: Sequence[str], sizes: Sequence[int], part: int, parts: int,
-                 row: int, col: int, row_off: int, col_off: int, height: int, width: int, *,
+    def __init__(self, objs: Sequence[ObjectRef], part: int, parts: int, *, row: int = 0,
+                 col: int = 0, row_off: int = 0, col_off: int = 0, height: int = 0, width: int = 0,
                  header_ends: Sequence[int] = (), tile_ranges: Sequence[Sequence[Tuple[int, int]]] = (),
                  transform: Tuple[float, ...] = (), crs: Optional[str] = None,
-                 storage_options: Optional[Mapping[str, Any]] = None,
-                 error: Optional[str] = None) -> None:
-        self.urls = tuple(urls)
-        self.sizes = tuple(sizes)
-        self.part = part
-        self.parts = parts
+                 problem: Optional[str] = None) -> None:
+        super().__init__(objs[0], part, parts)
+        self.objs = tuple(objs)
         self.row = row
         self.col = col
         self.row_off = row_off
@@ -250,99 +245,121 @@ class CogPart:
         self.tile_ranges = tuple(tuple(r) for r in tile_ranges)
         self.transform = tuple(transform)
         self.crs = crs
-        self.storage_options = dict(storage_options or {})
-        self.error = error
+        self.problem = problem
         self.stats = ReadStats()
 
     @property
-    def url(self) -> str:
-        return self.urls[0]
+    def urls(self) -> Tuple[str, ...]:
+        return tuple(o.url for o in self.objs)
 
     @property
     def window(self) -> Any:
         """The window as a ``rasterio.windows.Window``."""
-        from rasterio.windows import Window
-
-        return Window(self.col_off, self.row_off, self.width, self.height)
+        windows = require("rasterio.windows", "geo", "cog")
+        return windows.Window(self.col_off, self.row_off, self.width, self.height)
 
     def __getstate__(self) -> Dict[str, Any]:
-        from ..objects import _secret_free
-        from ..storage import split_url
-
         state = dict(self.__dict__)
-        state["storage_options"] = _secret_free(split_url(self.url)[0], self.storage_options)
-        del state["stats"]
+        del state["stats"]  # per-process counters (a lock inside)
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.stats = ReadStats()
 
+    def _identity(self) -> tuple:
+        return super()._identity() + (self.urls, self.row_off, self.col_off, self.height, self.width)
+
     def __repr__(self) -> str:
-        what = f"error {self.error!r}" if self.error else (
+        what = f"problem {self.problem!r}" if self.problem else (
             f"window r{self.row}c{self.col} rows [{self.row_off}, {self.row_off + self.height}) "
             f"cols [{self.col_off}, {self.col_off + self.width})")
         return f"CogPart({list(self.urls)!r}, part {self.part + 1}/{self.parts}, {what})"
 
     def read(self, indexes: Any = None, *, masked: bool = False) -> List[Any]:
         """This window of every raster: a list of numpy arrays, one per URL."""
-        if self.error:
-            raise ValueError(self.error)
+        if self.problem:
+            raise self.error(self.problem)
         rasterio = _rasterio()
         out = []
         with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-            for url, size, header_end, ranges in zip(self.urls, self.sizes, self.header_ends,
-                                                     self.tile_ranges):
-                f = _PrefetchedFile(url, size, storage_options=self.storage_options, stats=self.stats)
+            for obj, header_end, ranges in zip(self.objs, self.header_ends, self.tile_ranges):
+                f = _PrefetchedFile(obj.url, obj.size, storage_options=obj.storage_options,
+                                    stats=self.stats)
                 f.prefetch([(0, header_end)] + list(ranges))
-                with _open(f, url.rsplit("/", 1)[-1]) as src:
-                    out.append(src.read(indexes, window=self.window, masked=masked))
+                try:
+                    with _open(f, obj.key.rsplit("/", 1)[-1]) as src:
+                        out.append(src.read(indexes, window=self.window, masked=masked))
+                except rasterio.errors.RasterioIOError as exc:
+                    raise self.error(f"cannot read the window of {obj.url}: {exc}") from None
         return out
 
     def __iter__(self) -> Iterator[Any]:
         yield from self.read()
 
 
-def cog_parts(urls: Sequence[str], sizes: Optional[Sequence[Optional[int]]] = None, *,
-              grid: Optional[Tuple[int, int]] = None, blocks: Tuple[int, int] = (1, 1),
-              block_aligned: bool = False, align: bool = False,
-              storage_options: Optional[Mapping[str, Any]] = None,
-              stats: Optional[ReadStats] = None) -> List[CogPart]:
-    """The window parts of ``urls`` (each object separately, or aligned with ``align=True``)."""
-    if grid is not None:
-        if (not isinstance(grid, tuple) or len(grid) != 2
-                or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
-            raise ValueError(f"grid must be (rows, cols) of positive ints, e.g. (11, 11), not {grid!r}")
-    if (not isinstance(blocks, tuple) or len(blocks) != 2
-            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks)):
-        raise ValueError(f"blocks must be (rows, cols) of internal tiles per window, not {blocks!r}")
-    options = dict(storage_options or {})
-    sizes = list(sizes) if sizes is not None else [None] * len(urls)
-    infos = [raster_info(u, s, storage_options=options, stats=stats) for u, s in zip(urls, sizes)]
-    groups = [infos] if align else [[i] for i in infos]
-    parts: List[CogPart] = []
-    for group in groups:
-        bad = [i for i in group if i.error]
+def _pair(name: str, value: Any) -> Tuple[int, int]:
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        raise ValueError(f"format 'cog' option {name} must be (rows, cols) of positive ints, "
+                         f"e.g. (11, 11), not {value!r}")
+    return (value[0], value[1])
+
+
+class CogPartitioner(Partitioner):
+    """``format="cog"``: options ``grid=(rows, cols)`` (windows per raster),
+    ``blocks=(r, c)`` (internal tiles per window when there is no grid),
+    ``block_aligned`` (snap grid edges to tiles) and ``align`` (one part holds the same
+    window of every listed raster). ``chunk_size``/``chunks`` do not apply: the grid or
+    the tiling decides the windows."""
+
+    name = "cog"
+    extensions = (".tif", ".tiff")
+    # Classic and BigTIFF, both byte orders.
+    magic = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    extra = "geo"
+    requires = ("rasterio",)
+    defaults = {"grid": None, "blocks": (1, 1), "block_aligned": False, "align": False}
+
+    def check_options(self) -> None:
+        if self.options["grid"] is not None:
+            self.options["grid"] = _pair("grid", self.options["grid"])
+        self.options["blocks"] = _pair("blocks", self.options["blocks"])
+        for flag in ("block_aligned", "align"):
+            if not isinstance(self.options[flag], bool):
+                raise TypeError(f"format 'cog' option {flag} must be True or False, "
+                                f"not {self.options[flag]!r}")
+
+    def spans_objects(self) -> bool:
+        return bool(self.options["align"])
+
+    def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
+        return self._windows([raster_info(obj)], [obj])
+
+    def parts_of_all(self, objs: Sequence[ObjectRef], ctx: PartitionContext) -> List[Any]:
+        return self._windows([raster_info(o) for o in objs], list(objs))
+
+    def _windows(self, infos: List[RasterInfo], objs: List[ObjectRef]) -> List[Any]:
+        """The windows of rasters on one grid (all of ``infos``), one part each."""
+        bad = [i for i in infos if i.error]
         if bad:
-            problem = "; ".join(f"{i.url}: {i.error}" for i in bad)
-            parts.append(CogPart([i.url for i in group], [i.size for i in group], 0, 1, 0, 0, 0, 0, 0, 0,
-                                 storage_options=options, error=problem))
-            continue
-        first = group[0]
-        for other in group[1:]:
+            problem = "; ".join(f"{i.url}: {i.error}" if len(infos) > 1 else i.error for i in bad)
+            return [CogPart(objs, 0, 1, problem=problem)]
+        first = infos[0]
+        for other in infos[1:]:
             for field in ("width", "height", "transform", "crs"):
                 if getattr(other, field) != getattr(first, field):
+                    # A user error (the wrong files listed together): say it at listing.
                     raise ValueError(
                         f"align=True needs rasters on one grid, but {other.url} has {field} "
                         f"{getattr(other, field)} and {first.url} has {getattr(first, field)}; "
                         f"resample them to one grid, or list them without align=True")
-        wins = windows(first, grid, blocks, block_aligned)
+        wins = windows(first, self.options["grid"], self.options["blocks"],
+                       self.options["block_aligned"])
         a, b, c, d, e, f = first.transform
-        for k, (i, j, r0, c0, h, w) in enumerate(wins):
-            parts.append(CogPart(
-                [g.url for g in group], [g.size for g in group], k, len(wins), i, j, r0, c0, h, w,
-                header_ends=[g.header_end for g in group],
-                tile_ranges=[g.tile_ranges(r0, c0, h, w) for g in group],
-                transform=(a, b, c + a * c0 + b * r0, d, e, f + d * c0 + e * r0),
-                crs=first.crs, storage_options=options))
-    return parts
+        return [CogPart(objs, k, len(wins), row=i, col=j, row_off=r0, col_off=c0, height=h, width=w,
+                        header_ends=[g.header_end for g in infos],
+                        tile_ranges=[g.tile_ranges(r0, c0, h, w) for g in infos],
+                        transform=(a, b, c + a * c0 + b * r0, d, e, f + d * c0 + e * r0),
+                        crs=first.crs)
+                for k, (i, j, r0, c0, h, w) in enumerate(wins)]

@@ -25,8 +25,9 @@ import io
 import json
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+from ._grouping import runs
 from ._ranged import RangedFile, ReadStats
-from .base import FormatError, ObjectRef, Part, PartitionContext, Partitioner, require, split_evenly
+from .base import FormatError, ObjectRef, Part, PartitionContext, Partitioner, require
 
 __all__ = ["ImzmlPartitioner", "ImzmlPart"]
 
@@ -188,10 +189,9 @@ class ImzmlPartitioner(Partitioner):
         size = {"f": 4, "d": 8, "i": 4, "l": 8}
         if dt[0] not in size or dt[1] not in size:
             return [ImzmlPart(obj, 0, 1, ibd=ibd, problem=f"unsupported array types {dt}")]
-        n = len(index["coordinates"])
         weights = [mn * size[dt[0]] + inn * size[dt[1]]
                    for (_mo, mn), (_io, inn) in zip(index["mz"], index["intensity"])]
-        groups = split_evenly(weights, ctx) if n else [(0, 0)]
+        groups = runs(weights, ctx)
         return [ImzmlPart(obj, k, len(groups), ibd=ibd, first=i,
                           coordinates=index["coordinates"][i:j], mz=index["mz"][i:j],
                           intensity=index["intensity"][i:j], dtypes=(dt[0], dt[1]))

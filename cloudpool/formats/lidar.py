@@ -10,12 +10,12 @@ usually one more small GET).
   indices ``[first, first + count)`` and reads exactly those bytes in one GET.
   ``chunk_size`` is bytes of point records per part (rounded down to whole records, at
   least one record); ``chunks=N`` cuts the points into ``N`` equal ranges; the default
-  is ``DEFAULT_POINTS`` points per part.
+  is the automatic part size of ``objects()``, in bytes.
 - LAZ: each chunk of the compressed stream decodes on its own, so a part is a run of
   whole chunks and reads exactly their compressed bytes in one GET. ``chunk_size`` is
   compressed bytes per part (a chunk larger than that is a part on its own);
-  ``chunks=N`` makes at most ``N`` runs of about equal point counts; the default is one
-  LAZ chunk per part. Fixed- and variable-size chunk tables both work.
+  ``chunks=N`` makes at most ``N`` runs of about equal compressed size; the default is
+  the automatic part size, in compressed bytes. Fixed- and variable-size chunk tables both work.
 
 A part carries the header bytes (header + VLRs, a few hundred bytes to a few KiB), so
 a worker decodes with the header's point format, scales and offsets without another
@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ._grouping import runs
 from ._ranged import RangedFile, ReadStats
+from .base import ObjectRef, Part, PartitionContext, Partitioner, require
 
-__all__ = ["LidarPart", "lidar_parts", "DEFAULT_POINTS"]
-
-#: LAS points per part when neither chunk_size nor chunks is given.
-DEFAULT_POINTS = 1_000_000
+__all__ = ["LidarPartitioner", "LidarPart"]
 #: First read at listing: header and VLRs of most files fit.
 HEAD_READ = 64 * 1024
 LASZIP_USER_ID = "laszip encoded"
@@ -45,74 +44,60 @@ LASZIP_RECORD_ID = 22204
 
 
 def _laspy() -> Any:
-    try:
-        import laspy
-    except ImportError:
-        raise ImportError("format='las'/'laz' needs laspy and lazrs: pip install 'cloudpool[lidar]'") from None
-    return laspy
+    return require("laspy", "lidar", "lidar")
 
 
 def _lazrs() -> Any:
-    try:
-        import lazrs
-    except ImportError:
-        raise ImportError("format='laz' needs lazrs: pip install 'cloudpool[lidar]'") from None
-    return lazrs
+    return require("lazrs", "lidar", "lidar")
 
 
-class LidarPart:
+class LidarPart(Part):
     """A range of points of one LAS/LAZ object. Small and picklable; holds no client.
 
-    Attributes: ``url``, ``size``, ``part``/``parts``, ``first_point`` and ``num_points``
-    (the points it owns, by index in the file), ``byte_range`` (what it reads),
-    ``compressed`` (LAZ), ``chunks`` (LAZ: ``(points, bytes)`` of each of its chunks),
-    ``error`` (set for an object that is not readable LAS/LAZ: reading raises it).
+    Attributes (besides ``Part``'s): ``first_point`` and ``num_points`` (the points it
+    owns, by index in the file), ``byte_range`` (what it reads), ``compressed`` (LAZ),
+    ``chunks`` (LAZ: ``(points, bytes)`` of each of its chunks), ``header_bytes``,
+    ``problem`` (set for an object that is not readable LAS/LAZ: reading raises it).
     """
 
     format = "lidar"
 
-    def __init__(self, url: str, size: int, part: int, parts: int, first_point: int, num_points: int,
-                 byte_range: Tuple[int, int], header_bytes: bytes, *, compressed: bool = False,
-                 chunks: Sequence[Tuple[int, int]] = (),
-                 storage_options: Optional[Mapping[str, Any]] = None,
-                 error: Optional[str] = None) -> None:
-        self.url = url
-        self.size = size
-        self.part = part
-        self.parts = parts
+    def __init__(self, obj: ObjectRef, part: int, parts: int, *, first_point: int = 0,
+                 num_points: int = 0, byte_range: Tuple[int, int] = (0, 0), header_bytes: bytes = b"",
+                 compressed: bool = False, chunks: Sequence[Tuple[int, int]] = (),
+                 problem: Optional[str] = None) -> None:
+        super().__init__(obj, part, parts)
         self.first_point = first_point
         self.num_points = num_points
         self.byte_range = tuple(byte_range)
         self.header_bytes = header_bytes
         self.compressed = compressed
         self.chunks = tuple(tuple(c) for c in chunks)
-        self.storage_options = dict(storage_options or {})
-        self.error = error
+        self.problem = problem
         self.stats = ReadStats()
 
     def __getstate__(self) -> Dict[str, Any]:
-        from ..objects import _secret_free
-        from ..storage import split_url
-
         state = dict(self.__dict__)
-        state["storage_options"] = _secret_free(split_url(self.url)[0], self.storage_options)
-        del state["stats"]
+        del state["stats"]  # per-process counters (a lock inside)
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.stats = ReadStats()
 
+    def _identity(self) -> tuple:
+        return super()._identity() + (self.first_point, self.num_points)
+
     def __repr__(self) -> str:
-        what = f"error {self.error!r}" if self.error else \
+        what = f"problem {self.problem!r}" if self.problem else \
             f"points [{self.first_point}, {self.first_point + self.num_points})"
         return f"LidarPart({self.url!r}, part {self.part + 1}/{self.parts}, {what})"
 
     @property
     def header(self) -> Any:
         """The object's ``laspy.LasHeader`` (from the bytes carried by the part)."""
-        if self.error:
-            raise ValueError(f"{self.url}: {self.error}")
+        if self.problem:
+            raise self.error(self.problem)
         return _laspy().LasHeader.read_from(io.BytesIO(self.header_bytes))
 
     def points(self) -> Any:
@@ -130,7 +115,7 @@ class LidarPart:
             try:
                 lazrs.decompress_points_with_chunk_table(data, vlr.record_data, out, list(self.chunks))
             except lazrs.LazrsError as exc:
-                raise ValueError(f"{self.url}: corrupt LAZ chunk(s) in bytes [{lo}, {hi}): {exc}") from None
+                raise self.error(f"corrupt LAZ chunk(s) in bytes [{lo}, {hi}): {exc}") from None
             data = bytes(out)
         record = laspy.PackedPointRecord.from_buffer(bytearray(data), fmt, self.num_points)
         return laspy.ScaleAwarePointRecord(record.array, fmt, header.scales, header.offsets)
@@ -148,42 +133,13 @@ def _laszip_vlr(header: Any) -> Any:
     raise ValueError("a LAZ file without its laszip VLR (user id 'laszip encoded', record 22204)")
 
 
-def _group(sizes: Sequence[int], counts: Sequence[int], chunk_size: Optional[int],
-           chunks: Optional[int]) -> List[List[int]]:
-    """Runs of consecutive LAZ chunk indices."""
-    n = len(sizes)
-    if chunk_size is not None:
-        runs: List[List[int]] = [[]]
-        acc = 0
-        for i, s in enumerate(sizes):
-            if runs[-1] and acc + s > chunk_size:
-                runs.append([])
-                acc = 0
-            runs[-1].append(i)
-            acc += s
-        return runs
-    if chunks is None or chunks >= n:
-        return [[i] for i in range(n)]
-    total = sum(counts) or n
-    runs, cum = [[]], 0
-    for i, c in enumerate(counts):
-        if runs[-1] and cum * chunks >= len(runs) * total and len(runs) < chunks:
-            runs.append([])
-        runs[-1].append(i)
-        cum += c or 1
-    return runs
-
-
-def lidar_parts(url: str, size: Optional[int] = None, *, chunk_size: Optional[int] = None,
-                chunks: Optional[int] = None, storage_options: Optional[Mapping[str, Any]] = None,
-                stats: Optional[ReadStats] = None) -> List[LidarPart]:
+def lidar_parts(obj: ObjectRef, ctx: PartitionContext) -> List[LidarPart]:
     """The parts of one LAS or LAZ object (reads its header, VLRs and LAZ chunk table)."""
     laspy = _laspy()
-    options = dict(storage_options or {})
-    f = RangedFile(url, size, storage_options=options, stats=stats)
+    f = RangedFile(obj.url, obj.size, storage_options=obj.storage_options)
 
     def broken(problem: str) -> List[LidarPart]:
-        return [LidarPart(url, f.size, 0, 1, 0, 0, (0, 0), b"", storage_options=options, error=problem)]
+        return [LidarPart(obj, 0, 1, problem=problem)]
 
     head = f.read_range(0, HEAD_READ)
     if head[:4] != b"LASF":
@@ -206,16 +162,18 @@ def lidar_parts(url: str, size: Optional[int] = None, *, chunk_size: Optional[in
         if end > f.size:
             return broken(f"truncated: the header promises {npoints} points of {rec} bytes "
                           f"ending at byte {end}, but the object has {f.size} bytes")
-        if chunks is not None:
-            n = max(1, min(chunks, npoints))
+        if ctx.chunks is not None:
+            n = max(1, min(ctx.chunks, npoints))
             bounds = [npoints * i // n for i in range(n + 1)]
         else:
-            per = DEFAULT_POINTS if chunk_size is None else max(1, chunk_size // rec)
+            limit = ctx.chunk_size if ctx.chunk_size is not None else ctx.part_size
+            per = max(1, (limit or 1) // rec)  # whole records, at least one
             bounds = list(range(0, npoints, per)) + [npoints] if npoints else [0, 0]
         nparts = len(bounds) - 1
-        return [LidarPart(url, f.size, k, nparts, bounds[k], bounds[k + 1] - bounds[k],
-                          (offset_to_points + bounds[k] * rec, offset_to_points + bounds[k + 1] * rec),
-                          header_bytes, storage_options=options) for k in range(nparts)]
+        return [LidarPart(obj, k, nparts, first_point=bounds[k], num_points=bounds[k + 1] - bounds[k],
+                          byte_range=(offset_to_points + bounds[k] * rec,
+                                      offset_to_points + bounds[k + 1] * rec),
+                          header_bytes=header_bytes) for k in range(nparts)]
 
     # LAZ: the chunk table.
     lazrs = _lazrs()
@@ -224,8 +182,7 @@ def lidar_parts(url: str, size: Optional[int] = None, *, chunk_size: Optional[in
     except (ValueError, lazrs.LazrsError) as exc:
         return broken(f"LAZ without a usable laszip VLR ({exc})")
     if npoints == 0:
-        return [LidarPart(url, f.size, 0, 1, 0, 0, (0, 0), header_bytes, compressed=True,
-                          storage_options=options)]
+        return [LidarPart(obj, 0, 1, header_bytes=header_bytes, compressed=True)]
     (table_offset,) = struct.unpack("<q", f.read_range(offset_to_points, offset_to_points + 8))
     if table_offset == -1:  # written by a streaming writer: the offset is at the very end
         (table_offset,) = struct.unpack("<q", f.read_range(f.size - 8, f.size))
@@ -251,11 +208,27 @@ def lidar_parts(url: str, size: Optional[int] = None, *, chunk_size: Optional[in
     if left != 0 or starts[-1] > table_offset:
         return broken(f"LAZ chunk table does not match the header ({npoints} points, "
                       f"{sum(counts)} in the table, chunks end at {starts[-1]}, table at {table_offset})")
-    runs = _group(sizes, counts, chunk_size, chunks)
+    groups = runs(sizes, ctx)
     point_starts = [0]
     for c in counts:
         point_starts.append(point_starts[-1] + c)
-    return [LidarPart(url, f.size, k, len(runs), point_starts[r[0]], sum(counts[i] for i in r),
-                      (starts[r[0]], starts[r[-1] + 1]), header_bytes, compressed=True,
-                      chunks=[(counts[i], sizes[i]) for i in r], storage_options=options)
-            for k, r in enumerate(runs)]
+    return [LidarPart(obj, k, len(groups), first_point=point_starts[i],
+                      num_points=point_starts[j] - point_starts[i], byte_range=(starts[i], starts[j]),
+                      header_bytes=header_bytes, compressed=True,
+                      chunks=[(counts[x], sizes[x]) for x in range(i, j)])
+            for k, (i, j) in enumerate(groups)]
+
+
+class LidarPartitioner(Partitioner):
+    """``format="lidar"`` (LAS and LAZ, told apart by the header). ``chunk_size`` is bytes
+    read per part: point records for LAS, compressed chunks for LAZ."""
+
+    name = "lidar"
+    extensions = (".copc.laz", ".laz", ".las")
+    magic = (b"LASF",)
+    extra = "lidar"
+    requires = ("laspy", "lazrs")
+    defaults: Dict[str, Any] = {}
+
+    def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
+        return lidar_parts(obj, ctx)

@@ -10,23 +10,26 @@ decides the ranges and coalesces neighbours; every read goes through
 can be counted). Row groups are disjoint and each belongs to exactly one part, so every
 row of the object is in exactly one part.
 
-How parts are sized: ``chunk_size`` groups consecutive row groups until their
-compressed size (of the projected columns) reaches it, a row group larger than that
-being a part on its own; ``chunks=N`` cuts the object into at most ``N`` runs of about
-equal compressed size; with neither, each row group is a part.
+How parts are sized: ``chunk_size`` groups consecutive row groups while their
+compressed size (of the projected columns) stays within it, a row group larger than
+that being a part on its own; ``chunks=N`` cuts the object into at most ``N`` runs of
+about equal compressed size; with neither, the automatic part size of ``objects()`` is
+used as ``chunk_size``. A row group is never split.
 
 A broken object (too small, no ``PAR1`` magic, an unreadable footer) does not stop the
-listing: it becomes one part that raises ``ValueError`` naming the object and the
-problem when it is read, so the other objects' parts still run.
+listing: it becomes one part that raises ``FormatError`` (a ``ValueError``) naming the
+object and the problem when it is read, so the other objects' parts still run.
 """
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._ranged import RangedFile, ReadStats
+from ._grouping import runs
+from .base import ObjectRef, Part, PartitionContext, Partitioner, require
 
-__all__ = ["ParquetPart", "parquet_parts", "MAGIC"]
+__all__ = ["ParquetPartitioner", "ParquetPart", "MAGIC"]
 
 MAGIC = b"PAR1"
 #: First read at listing: the footer of most files fits in it.
@@ -34,87 +37,76 @@ TAIL_READ = 64 * 1024
 
 
 def _pq() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError("format='parquet' needs pyarrow: pip install 'cloudpool[parquet]'") from None
-    return pq
+    return require("pyarrow.parquet", "parquet", "parquet")
 
 
 def _metadata_from_footer(footer: bytes) -> Any:
     """FileMetaData from the footer bytes (thrift + length + magic), no other read."""
-    import pyarrow as pa
-
+    pa = require("pyarrow", "parquet", "parquet")
     # read_metadata parses from the end of the buffer: a leading magic is all it needs
     # besides the footer itself (the offsets inside stay absolute, for the real object).
     return _pq().read_metadata(pa.BufferReader(MAGIC + footer))
 
 
-class ParquetPart:
+class ParquetPart(Part):
     """One run of row groups of one Parquet object. Small and picklable; holds no client.
 
-    Attributes: ``url``, ``size`` (object size at listing), ``part``/``parts`` (index and
-    count among the object's parts), ``row_groups`` (tuple of row-group indices),
-    ``first_row`` and ``num_rows`` (its rows' place in the object), ``columns`` (the
-    projection, ``None`` for all), ``footer`` (``(offset, length)`` of the footer),
-    ``error`` (set when the object is not readable Parquet: reading raises it).
+    Attributes (besides ``Part``'s ``url``, ``size``, ``part``, ``parts``...):
+    ``row_groups`` (tuple of row-group indices), ``first_row`` and ``num_rows`` (its rows'
+    place in the object), ``columns`` (the projection, ``None`` for all), ``footer``
+    (``(offset, length)`` of the footer), ``problem`` (set when the object is not readable
+    Parquet: reading raises ``FormatError`` with it).
 
-    Iterating yields ``pyarrow.RecordBatch``es; :meth:`table` returns them as one
-    ``pyarrow.Table``. ``stats`` counts the requests and bytes this part has read.
+    Iterating yields ``pyarrow.RecordBatch``es; :meth:`table` (and :meth:`read`) returns
+    them as one ``pyarrow.Table``. ``stats`` counts the requests and bytes this part read.
     """
 
     format = "parquet"
 
-    def __init__(self, url: str, size: int, part: int, parts: int, row_groups: Sequence[int],
-                 first_row: int, num_rows: int, footer: Tuple[int, int], *,
+    def __init__(self, obj: ObjectRef, part: int, parts: int, *, row_groups: Sequence[int] = (),
+                 first_row: int = 0, num_rows: int = 0, footer: Tuple[int, int] = (0, 0),
                  columns: Optional[Sequence[str]] = None, batch_size: int = 65536,
-                 storage_options: Optional[Mapping[str, Any]] = None,
-                 error: Optional[str] = None) -> None:
-        self.url = url
-        self.size = size
-        self.part = part
-        self.parts = parts
+                 problem: Optional[str] = None) -> None:
+        super().__init__(obj, part, parts)
         self.row_groups = tuple(row_groups)
         self.first_row = first_row
         self.num_rows = num_rows
         self.footer = tuple(footer)
         self.columns = None if columns is None else tuple(columns)
         self.batch_size = batch_size
-        self.storage_options = dict(storage_options or {})
-        self.error = error
+        self.problem = problem
         self.stats = ReadStats()
 
     def __getstate__(self) -> Dict[str, Any]:
-        from ..objects import _secret_free
-        from ..storage import split_url
-
         state = dict(self.__dict__)
-        state["storage_options"] = _secret_free(split_url(self.url)[0], self.storage_options)
-        del state["stats"]
+        del state["stats"]  # per-process counters (a lock inside)
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.stats = ReadStats()
 
+    def _identity(self) -> tuple:
+        return super()._identity() + (self.row_groups, self.columns)
+
     def __repr__(self) -> str:
-        what = f"error {self.error!r}" if self.error else \
+        what = f"problem {self.problem!r}" if self.problem else \
             f"row groups {list(self.row_groups)}, rows [{self.first_row}, {self.first_row + self.num_rows})"
         return f"ParquetPart({self.url!r}, part {self.part + 1}/{self.parts}, {what})"
 
     def _file(self) -> Any:
-        if self.error:
-            raise ValueError(f"{self.url}: {self.error}")
+        if self.problem:
+            raise self.error(self.problem)
         f = RangedFile(self.url, self.size, storage_options=self.storage_options, stats=self.stats)
         offset, length = self.footer
         footer = f.read_range(offset, offset + length)
         if footer[-4:] != MAGIC:
-            raise ValueError(f"{self.url}: no Parquet footer at the end of the object any more "
-                             f"(it changed after it was listed); list it again")
+            raise self.error("no Parquet footer at the end of the object any more (it changed "
+                             "after it was listed); list it again")
         try:
             metadata = _metadata_from_footer(footer)
         except OSError as exc:
-            raise ValueError(f"{self.url}: unreadable Parquet footer ({exc})") from None
+            raise self.error(f"unreadable Parquet footer ({exc})") from None
         return _pq().ParquetFile(f, metadata=metadata)
 
     def __iter__(self) -> Iterator[Any]:
@@ -162,70 +154,54 @@ def _read_footer(f: RangedFile) -> Tuple[Optional[Tuple[int, int]], Optional[str
     return (offset, length + 8), None, metadata
 
 
-def _runs(weights: Sequence[int], chunk_size: Optional[int], chunks: Optional[int]) -> List[List[int]]:
-    """Consecutive row-group index runs: by ``chunk_size`` bytes, into ``chunks`` runs, or one each."""
-    n = len(weights)
-    if n == 0:
-        return [[]]
-    if chunk_size is not None:
-        runs: List[List[int]] = [[]]
-        acc = 0
-        for i, w in enumerate(weights):
-            if runs[-1] and acc + w > chunk_size:
-                runs.append([])
-                acc = 0
-            runs[-1].append(i)
-            acc += w
-        return runs
-    if chunks is None or chunks >= n:
-        return [[i] for i in range(n)]
-    # Cut where the cumulative size crosses k/chunks of the total, never leaving a run empty.
-    if not sum(weights):
-        weights = [1] * n  # all-empty row groups: balance by count
-    total = sum(weights)
-    cum = 0
-    cuts = [0]
-    for i, w in enumerate(weights):
-        cum += w
-        k = len(cuts)
-        if k < chunks and cum * chunks >= k * total and i + 1 < n:
-            cuts.append(i + 1)
-    cuts.append(n)
-    return [list(range(cuts[k], cuts[k + 1])) for k in range(len(cuts) - 1)]
+class ParquetPartitioner(Partitioner):
+    """``format="parquet"``: options ``columns`` (projection) and ``batch_size`` (rows per
+    record batch when iterating). ``chunk_size`` is compressed bytes of the projected
+    columns per part; see the module docstring."""
 
+    name = "parquet"
+    extensions = (".parquet", ".parq", ".pq")
+    magic = (MAGIC,)
+    extra = "parquet"
+    requires = ("pyarrow",)
+    defaults = {"columns": None, "batch_size": 65536}
 
-def parquet_parts(url: str, size: Optional[int] = None, *, chunk_size: Optional[int] = None,
-                  chunks: Optional[int] = None, columns: Optional[Sequence[str]] = None,
-                  batch_size: int = 65536, storage_options: Optional[Mapping[str, Any]] = None,
-                  stats: Optional[ReadStats] = None) -> List[ParquetPart]:
-    """The parts of one Parquet object (reads its footer only)."""
-    options = dict(storage_options or {})
-    f = RangedFile(url, size, storage_options=options, stats=stats)
-    footer, problem, md = _read_footer(f)
-    if problem is not None:
-        return [ParquetPart(url, f.size, 0, 1, (), 0, 0, (0, 0), columns=columns,
-                            batch_size=batch_size, storage_options=options, error=problem)]
-    assert footer is not None and md is not None
-    names = set(md.schema.to_arrow_schema().names)
-    if columns is not None:
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ValueError(f"{url}: no column(s) {missing} in this Parquet file; it has "
-                             f"{sorted(names)}")
-    wanted = None if columns is None else set(columns)
-    weights = []
-    for i in range(md.num_row_groups):
-        rg = md.row_group(i)
-        weights.append(sum(rg.column(j).total_compressed_size for j in range(rg.num_columns)
-                           if wanted is None or rg.column(j).path_in_schema.split(".")[0] in wanted))
-    runs = _runs(weights, chunk_size, chunks)
-    starts = [0]
-    for i in range(md.num_row_groups):
-        starts.append(starts[-1] + md.row_group(i).num_rows)
-    parts = []
-    for k, run in enumerate(runs):
-        first = starts[run[0]] if run else 0
-        rows = sum(md.row_group(i).num_rows for i in run)
-        parts.append(ParquetPart(url, f.size, k, len(runs), run, first, rows, footer,
-                                 columns=columns, batch_size=batch_size, storage_options=options))
-    return parts
+    def check_options(self) -> None:
+        columns = self.options["columns"]
+        if columns is not None and (isinstance(columns, (str, bytes))
+                                    or not all(isinstance(c, str) for c in columns)):
+            raise TypeError(f"format 'parquet' option columns must be a list of column names, "
+                            f"not {columns!r}")
+        if columns is not None:
+            self.options["columns"] = tuple(columns)
+        size = self.options["batch_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"format 'parquet' option batch_size must be a positive int, not {size!r}")
+
+    def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
+        columns = self.options["columns"]
+        batch_size = self.options["batch_size"]
+        f = RangedFile(obj.url, obj.size, storage_options=obj.storage_options)
+        footer, problem, md = _read_footer(f)
+        if problem is not None:
+            return [ParquetPart(obj, 0, 1, columns=columns, batch_size=batch_size, problem=problem)]
+        assert footer is not None and md is not None
+        names = md.schema.to_arrow_schema().names
+        if columns is not None:
+            missing = [c for c in columns if c not in names]
+            if missing:
+                # A user error, not bad data: every part would fail, so say it now.
+                raise ValueError(f"{obj.url}: no column(s) {missing} in this Parquet file; it "
+                                 f"has {names}")
+        wanted = None if columns is None else set(columns)
+        weights, starts = [], [0]
+        for i in range(md.num_row_groups):
+            rg = md.row_group(i)
+            weights.append(sum(rg.column(j).total_compressed_size for j in range(rg.num_columns)
+                               if wanted is None or rg.column(j).path_in_schema.split(".")[0] in wanted))
+            starts.append(starts[-1] + rg.num_rows)
+        groups = runs(weights, ctx)
+        return [ParquetPart(obj, k, len(groups), row_groups=range(i, j), first_row=starts[i],
+                            num_rows=starts[j] - starts[i], footer=footer, columns=columns,
+                            batch_size=batch_size)
+                for k, (i, j) in enumerate(groups)]
