@@ -151,6 +151,12 @@ class ParquetContract:
         self.assertTrue(all(isinstance(e, ValueError) for e in failed), failed)
         self.assertTrue(all("format 'parquet'" in str(e) for e in failed), failed)
 
+    def test_detected_by_magic_bytes_without_format(self) -> None:
+        # A misleading extension: the magic bytes decide.
+        url = self.put("data.bin", parquet_bytes(10, 5))
+        parts = list(objects(url, storage_options=self.options))
+        self.assertTrue(parts and all(isinstance(p, ParquetPart) for p in parts), parts)
+
     def test_end_to_end_column_sum_through_the_executor(self) -> None:
         data = parquet_bytes(20000, 2500, seed=3)
         url = self.put("sum.parquet", data)

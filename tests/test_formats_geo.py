@@ -178,6 +178,12 @@ class CogContract:
         self.assertEqual(len(parts), 1)
         np.testing.assert_array_equal(parts[0].read()[0], data)
 
+    def test_detected_by_magic_bytes_without_format(self) -> None:
+        # A misleading extension: the magic bytes decide.
+        url = self.put("data.bin", geotiff_bytes(raster(20, 20), block=16))
+        parts = list(objects(url, storage_options=self.options))
+        self.assertTrue(parts and all(isinstance(p, CogPart) for p in parts), parts)
+
     def test_end_to_end_through_the_executor(self) -> None:
         data = [raster(300, 260, seed=s) for s in (4, 5)]
         urls = [self.put(f"B{i}.tif", geotiff_bytes(d, block=64)) for i, d in enumerate(data)]

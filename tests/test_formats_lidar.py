@@ -141,6 +141,12 @@ class LidarContract:
         self.assertEqual(sum(ok), int(laspy.read(io.BytesIO(good)).intensity.astype(np.int64).sum()))
         self.assertTrue(all(isinstance(f.exception(), ValueError) for f, p in futures.items() if not p.url.endswith(good_url)))
 
+    def test_detected_by_magic_bytes_without_format(self) -> None:
+        # A misleading extension: the magic bytes decide.
+        url = self.put("data.bin", las_bytes(10))
+        parts = list(objects(url, storage_options=self.options))
+        self.assertTrue(parts and all(isinstance(p, LidarPart) for p in parts), parts)
+
     def test_end_to_end_through_the_executor(self) -> None:
         data = las_bytes(110_000, laz=True, seed=7)
         url = self.put("e.laz", data)

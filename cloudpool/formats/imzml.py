@@ -156,7 +156,8 @@ class ImzmlPartitioner(Partitioner):
                               buffer_size=8 * 1024 * 1024)
         try:
             p = parser_mod.ImzMLParser(f, ibd_file=None)
-        except Exception as exc:  # pyimzml raises bare exceptions of many kinds on bad XML
+        except Exception as exc:  # pyimzml lets XML, key and value errors of its parser escape
+            # (ParseError, KeyError, AttributeError...): all mean "this XML is not imzML".
             raise FormatError(f"cannot parse the imzML XML ({type(exc).__name__}: {exc})") from exc
         compression = [getattr(p, n, None) for n in ("mzCompression", "intensityCompression")]
         index = {
@@ -174,6 +175,10 @@ class ImzmlPartitioner(Partitioner):
     def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
         if obj.key.lower().endswith(".ibd"):
             return []  # read through its .imzML
+        if not obj.key.lower().endswith(".imzml"):
+            return [ImzmlPart(obj, 0, 1, problem=(
+                "not an .imzML object: format 'imzml' reads the XML named *.imzML and the "
+                ".ibd beside it; list the .imzML files"))]
         ibd = _ibd_ref(obj)
         if ibd is None:
             return [ImzmlPart(obj, 0, 1, problem=(
