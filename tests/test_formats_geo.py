@@ -148,6 +148,10 @@ class CogContract:
         for grid in ((0, 3), (2,), "11x11", (1.5, 2)):
             with self.assertRaisesRegex(ValueError, "format 'cog' option grid must be"):
                 self.parts(url, grid=grid)
+        with self.assertRaisesRegex(ValueError, "chunk_size and chunks do not apply"):
+            self.parts(url, chunks=4)
+        with self.assertRaisesRegex(TypeError, "option align must be True or False"):
+            self.parts(url, align="yes")
 
     def test_non_tiled_geotiff_fails_on_its_own_part_only(self) -> None:
         good_data = raster(100, 100)

@@ -113,7 +113,8 @@ class LidarContract:
                                ("empty.las", las_bytes(0), {}),
                                ("one.laz", las_bytes(1, laz=True), {"chunks": 4}),
                                ("onechunk.laz", las_bytes(777, laz=True), {"chunks": 4}),
-                               ("empty.laz", las_bytes(0, laz=True), {})):
+                               ("empty.laz", las_bytes(0, laz=True), {}),
+                               ("fmt6.laz", las_bytes(1234, laz=True, point_format=6), {"chunks": 3})):
             url = self.put(name, data)
             parts = self.parts(url, **kw)
             self.assertEqual(len(parts), 1, name)

@@ -333,10 +333,19 @@ class CogPartitioner(Partitioner):
     def spans_objects(self) -> bool:
         return bool(self.options["align"])
 
+    @staticmethod
+    def _check_sizing(ctx: PartitionContext) -> None:
+        if ctx.chunk_size is not None or ctx.chunks is not None:
+            raise ValueError("format 'cog' cuts rasters into windows given by grid=(rows, cols) "
+                             "or blocks=(r, c) tiles per window; chunk_size and chunks do not "
+                             "apply to it, leave them out")
+
     def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
+        self._check_sizing(ctx)
         return self._windows([raster_info(obj)], [obj])
 
     def parts_of_all(self, objs: Sequence[ObjectRef], ctx: PartitionContext) -> List[Any]:
+        self._check_sizing(ctx)
         return self._windows([raster_info(o) for o in objs], list(objs))
 
     def _windows(self, infos: List[RasterInfo], objs: List[ObjectRef]) -> List[Any]:
