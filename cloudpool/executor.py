@@ -338,6 +338,15 @@ class CloudPoolExecutor(Executor):
             return results
         return itertools.chain.from_iterable(results)
 
+    def map_reduce(self, map_fn: Callable[[Any], Any], data: Iterable[Any],
+                   reduce_fn: Callable[[List[Any]], Any], *, per_object: bool = False,
+                   timeout: Optional[float] = None) -> Any:
+        """``reduce_fn(list(self.map(map_fn, data)))``, the reduction run as one more call;
+        with ``per_object=True`` a dict ``{object url: reduction}`` over ``objects(...)``
+        parts. See ``cloudpool.mapreduce``."""
+        from .mapreduce import map_reduce
+        return map_reduce(self, map_fn, data, reduce_fn, per_object=per_object, timeout=timeout)
+
     def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
         return partitioned_for(iterable, self._max_workers)
 

@@ -4,9 +4,10 @@
 ``"module:Class"`` imported on first use, plus the entry-point group ``cloudpool.formats``
 through which another package adds a format. ``objects(..., format=None)`` calls
 :func:`detect` per object: magic bytes first (the first ``SNIFF_BYTES`` bytes, one ranged
-GET), then the key's extension, else plain ``lines``. A compressed object (gzip, bzip2,
-zstd magic) whose inner extension names a text format that accepts compressed input
-(``data.csv.gz``) is that text format; otherwise it is compressed lines.
+GET), then the key's extension, else plain ``lines``. CSV/TSV are never picked by
+detection (``format="csv"`` is explicit): a ``.csv`` object stays plain lines, as before
+formats existed, and a ``.csv.gz`` is compressed lines. Compression magic is confirmed by
+decompressing the head, so text that merely starts with those bytes stays plain.
 
 Partitioner modules import only the stdlib at module level, so detection can import every
 registered class without pulling in pyarrow or rasterio; a missing dependency surfaces as
@@ -85,11 +86,12 @@ def detect(head: bytes, key: str) -> str:
                     break
             for name, other in ordered:
                 if other.compressible and not other.codec and name != "lines" \
-                        and other.matches_extension(inner):
+                        and other.detect_by_extension and other.matches_extension(inner):
                     return name
         return found
     for name, cls in ordered:
-        if cls.extensions and not cls.magic and cls.matches_extension(key):
+        if cls.extensions and not cls.magic and cls.detect_by_extension \
+                and cls.matches_extension(key):
             return name
     return "lines"
 

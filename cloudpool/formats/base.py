@@ -265,6 +265,9 @@ class Partitioner(ABC):
     codec: ClassVar[Optional[str]] = None
     #: True for text formats that read compressed objects too (``data.csv.gz`` is csv).
     compressible: ClassVar[bool] = False
+    #: Whether ``format=None`` may pick this format from the key's extension alone. CSV
+    #: and TSV say no: rows instead of lines would change what existing code receives.
+    detect_by_extension: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))

@@ -196,14 +196,16 @@ class CsvPart(TextPart):
                     i = buf.find(b"\n", start)
                     if i == -1:
                         break
-                    yield buf[start:i + 1].decode(enc, "surrogateescape")
+                    # Offset first: csv.reader reads no further than the row it returns,
+                    # so after a row the offset is that row's end.
                     pos += i + 1 - start
                     offset["at"] = pos
+                    yield buf[start:i + 1].decode(enc, "surrogateescape")
                     start = i + 1
                 buf = buf[start:]
             if buf:
-                yield buf.decode(enc, "surrogateescape")
                 offset["at"] = pos + len(buf)
+                yield buf.decode(enc, "surrogateescape")
 
         row_start = self.ra
         reader = _csv.reader(lines(), **_reader_kwargs(self.options))
@@ -230,6 +232,7 @@ class CsvPartitioner(LinesPartitioner):
     name = "csv"
     extensions = (".csv",)
     compressible = True
+    detect_by_extension = False
     defaults = {"delimiter": ",", "quotechar": '"', "escapechar": None, "doublequote": True,
                 "skipinitialspace": False, "strict": False, "header": True,
                 "encoding": "utf-8", "compression": "infer"}

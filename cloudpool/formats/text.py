@@ -165,6 +165,18 @@ def text_parts(obj: ObjectRef, codec: Optional[str], index: TextIndex, ctx: Part
 
     lo, total = index.data_start, index.total
     nominal = [lo + x for x in ctx.bounds(max(0, total - lo))]
+    point_offsets = [d for _c, d in index.points]
+    if codec is not None:
+        # A part can only start decompressing at a seek point: move each boundary on to
+        # the next one, so no two parts decompress the same unit (a single-member gzip
+        # becomes one part; BGZF or multi-member data hardly moves).
+        snapped = [lo]
+        for x in nominal[1:-1]:
+            k = bisect.bisect_left(point_offsets, x)
+            y = point_offsets[k] if k < len(point_offsets) else total
+            if y > snapped[-1] and y < total:
+                snapped.append(y)
+        nominal = snapped + [total]
     starts = [s for s in index.starts if s > lo]
 
     def c(x: int) -> int:
@@ -180,7 +192,7 @@ def text_parts(obj: ObjectRef, codec: Optional[str], index: TextIndex, ctx: Part
     out = []
     for i in range(n):
         ra, rb = cuts[i], cuts[i + 1]
-        j = bisect.bisect_right([d for _c, d in points], ra) - 1
+        j = bisect.bisect_right(point_offsets, ra) - 1
         comp, dec = points[max(0, j)]
         error = None
         if index.error is not None and index.error_at is not None:
@@ -364,6 +376,24 @@ class _CompressedLines(LinesPartitioner):
     def __init__(self, **options: Any) -> None:
         options.setdefault("compression", self.codec)
         super().__init__(**options)
+
+    @classmethod
+    def sniff(cls, head: bytes, key: str) -> bool:
+        """Magic bytes, confirmed by decompressing the head: plain text that happens to
+        start with ``\x1f\x8b\x08`` must stay plain lines."""
+        if not super().sniff(head, key):
+            return False
+        from . import SNIFF_BYTES
+        try:
+            unit = CODECS[cls.codec][2]()
+        except ImportError:
+            return True  # cannot confirm without the library; the magic decides
+        try:
+            unit.decompress(head)
+        except Exception:  # noqa: BLE001 - any decoder error means "not this codec"
+            return False
+        # A whole object shorter than the sniff window must be a complete stream.
+        return len(head) >= SNIFF_BYTES or bool(unit.eof)
 
 
 class GzipLinesPartitioner(_CompressedLines):
