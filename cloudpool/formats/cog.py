@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -320,6 +321,44 @@ class CogPartitioner(Partitioner):
     extra = "geo"
     requires = ("rasterio",)
     defaults = {"grid": None, "blocks": (1, 1), "block_aligned": False, "align": False}
+
+    @classmethod
+    def sniff(cls, head: bytes, key: str) -> bool:
+        """TIFF magic, confirmed by the header: four bytes of magic alone are too easily
+        met by other data. A first IFD inside ``head`` must look like one (a sane entry
+        count, tags ascending, valid field types, ImageWidth among them); an IFD past
+        ``head`` is only possible if the object is longer than ``head``."""
+        from . import SNIFF_BYTES
+
+        if not super().sniff(head, key) or len(head) < 8:
+            return False
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        if big:
+            if len(head) < 16 or struct.unpack(order + "HH", head[4:8]) != (8, 0):
+                return False
+            (ifd,) = struct.unpack(order + "Q", head[8:16])
+            count_fmt, entry_size, count_size, first = "Q", 20, 8, 16
+        else:
+            (ifd,) = struct.unpack(order + "I", head[4:8])
+            count_fmt, entry_size, count_size, first = "H", 12, 2, 8
+        if ifd < first:
+            return False
+        if ifd + count_size > len(head):
+            return len(head) >= SNIFF_BYTES  # the IFD lies beyond what was sniffed
+        (n,) = struct.unpack(order + count_fmt, head[ifd:ifd + count_size])
+        if not 1 <= n <= 4096:
+            return False
+        tags = []
+        for k in range(n):
+            at = ifd + count_size + k * entry_size
+            if at + 4 > len(head):
+                break
+            tag, ftype = struct.unpack(order + "HH", head[at:at + 4])
+            if not 1 <= ftype <= 18 or (tags and tag <= tags[-1]):
+                return False
+            tags.append(tag)
+        return 256 in tags or (len(tags) < n and (not tags or tags[-1] < 256))
 
     def check_options(self) -> None:
         if self.options["grid"] is not None:

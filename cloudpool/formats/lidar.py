@@ -230,5 +230,17 @@ class LidarPartitioner(Partitioner):
     requires = ("laspy", "lazrs")
     defaults: Dict[str, Any] = {}
 
+    @classmethod
+    def sniff(cls, head: bytes, key: str) -> bool:
+        """``LASF``, confirmed by the public header block: version 1.0-1.4, a header of at
+        least 227 bytes, point data after it, a known point format."""
+        if not super().sniff(head, key) or len(head) < 227:
+            return False
+        major, minor = head[24], head[25]
+        (header_size,) = struct.unpack_from("<H", head, 94)
+        (offset,) = struct.unpack_from("<I", head, 96)
+        return (major == 1 and minor <= 4 and 227 <= header_size <= offset
+                and (head[104] & 0x3F) <= 10)
+
     def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
         return lidar_parts(obj, ctx)

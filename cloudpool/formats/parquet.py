@@ -166,6 +166,30 @@ class ParquetPartitioner(Partitioner):
     requires = ("pyarrow",)
     defaults = {"columns": None, "batch_size": 65536}
 
+    @classmethod
+    def sniff(cls, head: bytes, key: str) -> bool:
+        """``PAR1`` at the start; an object short enough to be all in ``head`` must also
+        be a whole Parquet file (footer magic and a footer that parses), so that short
+        text which happens to start with ``PAR1`` stays text."""
+        from . import SNIFF_BYTES
+
+        if not super().sniff(head, key):
+            return False
+        if len(head) >= SNIFF_BYTES:
+            return True
+        if len(head) < 12 or head[-4:] != MAGIC:
+            return False
+        (length,) = struct.unpack("<i", head[-8:-4])
+        if not 0 < length <= len(head) - 12:
+            return False
+        try:
+            _metadata_from_footer(head[-8 - length:])
+        except ImportError:
+            return True  # pyarrow missing: the structure checked out; parts() will say so
+        except (OSError, ValueError):
+            return False
+        return True
+
     def check_options(self) -> None:
         columns = self.options["columns"]
         if columns is not None and (isinstance(columns, (str, bytes))
