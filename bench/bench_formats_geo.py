@@ -6,8 +6,9 @@
 Two cases on the same four band files (B04 and B08 of two dates), interleaved over
 ``--reps`` repetitions, medians reported:
 
-- ``rasterio``: one process reads the four bands whole with rasterio and computes the
-  NDVI difference (the documented formula, NaN for no data) and its sum;
+- ``rasterio``: one process reads the same windows one after another with rasterio
+  (GDAL's own file reads) and computes the NDVI difference (the documented formula, NaN
+  for no data) and its sum;
 - ``cloudpool``: ``objects([...4 bands...], format="cog", grid=(g, g), align=True)`` and
   ``CloudPoolExecutor(workers).map`` of the same computation per window (the sum is
   returned; no tiles are stored, so the two cases do the same work).
@@ -50,16 +51,28 @@ def window_diff(part: Any) -> Tuple[float, int, int, int]:
     return float(np.nansum(d)), part.stats.bytes, part.stats.requests, tiles
 
 
-def run_rasterio(paths: List[str]) -> Dict[str, Any]:
+def run_rasterio(paths: List[str], grid: int) -> Dict[str, Any]:
+    """One process, GDAL's own reads: the same windows one after another (whole 10980 px
+    bands in float64 would need ~6 GB; window by window is the fair one-process peer)."""
     import rasterio
+    from rasterio.windows import Window
 
     t = time.perf_counter()
-    bands = []
-    for p in paths:
-        with rasterio.open(p) as src:
-            bands.append(src.read(1))
-    d = ndvi(bands[2], bands[3]) - ndvi(bands[0], bands[1])
-    return {"seconds": time.perf_counter() - t, "sum": float(np.nansum(d))}
+    total = 0.0
+    srcs = [rasterio.open(p) for p in paths]
+    try:
+        h, w = srcs[0].height, srcs[0].width
+        rows = [h * i // grid for i in range(grid + 1)]
+        cols = [w * j // grid for j in range(grid + 1)]
+        for i in range(grid):
+            for j in range(grid):
+                win = Window(cols[j], rows[i], cols[j + 1] - cols[j], rows[i + 1] - rows[i])
+                br, bn, ar, an = (src.read(1, window=win) for src in srcs)
+                total += float(np.nansum(ndvi(ar, an) - ndvi(br, bn)))
+    finally:
+        for src in srcs:
+            src.close()
+    return {"seconds": time.perf_counter() - t, "sum": total}
 
 
 def run_cloudpool(paths: List[str], grid: int, workers: int, aligned: bool) -> Dict[str, Any]:
@@ -92,7 +105,7 @@ def main() -> int:
     for rep in range(args.reps):
         for label in (["rasterio", "cloudpool"] if rep % 2 == 0 else ["cloudpool", "rasterio"]):
             if label == "rasterio":
-                runs[label].append(run_rasterio(paths))
+                runs[label].append(run_rasterio(paths, args.grid))
             else:
                 runs[label].append(run_cloudpool(paths, args.grid, args.workers, args.block_aligned))
     base = statistics.median(r["seconds"] for r in runs["rasterio"])
@@ -105,7 +118,7 @@ def main() -> int:
           f"{', block-aligned' if args.block_aligned else ''}), {args.workers} workers")
     print("| case | median s | vs rasterio | bytes read | GETs |")
     print("|---|---|---|---|---|")
-    print(f"| rasterio, whole bands, 1 process | {base:.2f} | 1.00x | {size / 1e6:.0f} MB (whole files) | - |")
+    print(f"| rasterio, same windows, 1 process | {base:.2f} | 1.00x | (GDAL file reads) | - |")
     print(f"| cloudpool objects(format='cog') + map | {med:.2f} | {med / base:.2f}x | {cp['bytes'] / 1e6:.0f} MB "
           f"({cp['bytes'] / size:.2f}x the files) | {cp['gets']} |")
     print(f"bytes read per window / its own compressed tiles: median {ratios[len(ratios) // 2]:.3f}x, "
