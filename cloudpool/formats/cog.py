@@ -22,8 +22,11 @@ raster exactly: every pixel is in exactly one part.
 ``align=True`` with several URLs (bands or dates of one tile): all must share size,
 transform and CRS (else ``ValueError`` at listing) and each part holds the same window of
 every object, in the order given. A GeoTIFF stored in strips, or a file GDAL cannot open
-as a GeoTIFF, becomes one part that raises ``ValueError`` naming the object and the
-problem when read, so other objects' windows still run.
+as a GeoTIFF, becomes one part that raises ``FormatError`` (a ``ValueError``) naming the
+object and the problem when read, so other objects' windows still run.
+
+Detection (``format=None``): TIFF or BigTIFF magic, confirmed by the first IFD.
+``chunk_size``/``chunks`` do not apply (refused with a message): the grid decides.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ a worker decodes with the header's point format, scales and offsets without anot
 request. ``part.points()`` (and iteration, one batch per part) gives a
 ``laspy.ScaleAwarePointRecord``: ``.x/.y/.z`` are scaled coordinates, ``.X/.Y/.Z`` the
 stored integers. A file that is not LAS/LAZ, or a LAZ file without a readable chunk
-table, becomes one part that raises ``ValueError`` naming the object when read.
+table, becomes one part that raises ``FormatError`` naming the object when read.
 COPC octree nodes are not partitioned yet (a COPC file is LAZ 1.4 with variable-size
 chunks and is cut by its chunk table, which gives the same records in file order).
 """
