@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import (TYPE_CHECKING, Any, BinaryIO, ClassVar, Dict, FrozenSet, Iterator, List,
+from typing import (TYPE_CHECKING, Any, BinaryIO, ClassVar, Dict, Iterator, List,
                     Mapping, Optional, Sequence, Tuple)
 
 from ..errors import MissingDependencyError

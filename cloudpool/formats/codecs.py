@@ -24,6 +24,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .base import ObjectRef, require
 
+try:
+    from isal.isal_zlib import error as _IsalError
+except ImportError:  # pragma: no cover - isal is optional
+    class _IsalError(Exception):  # type: ignore[no-redef]
+        """Never raised: stands in for isal's error type when isal is absent."""
+
 __all__ = ["CODECS", "codec_for_head", "Decompressed", "READ_BLOCK"]
 
 #: Compressed bytes fetched per ranged GET while decompressing.
@@ -31,7 +37,13 @@ READ_BLOCK = 1024 * 1024
 
 
 def _gzip() -> Any:
-    return zlib.decompressobj(31)
+    # python-isal (ISA-L) decompresses ~2.8x faster than zlib here, with the same API
+    # (measured: 379 vs 136 MB/s on 52 MB of text); it is optional (extra "gzip").
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.decompressobj(31)
+    return isal_zlib.decompressobj(31)
 
 
 def _bzip2() -> Any:
@@ -154,7 +166,7 @@ class Decompressed:
                 # No max_length: bz2 and zstd do not offer zlib's unconsumed_tail, and the
                 # input is at most read_block bytes.
                 out = unit.decompress(buf)
-            except (OSError, zlib.error, EOFError, ValueError) as exc:
+            except (OSError, zlib.error, EOFError, ValueError, _IsalError) as exc:
                 self.error = f"corrupt {self.codec} data in the unit starting at byte {self._unit_start}: {exc}"
                 self.error_at = dpos
                 return

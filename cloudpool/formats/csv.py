@@ -23,6 +23,7 @@ supported); the encoding must keep ``\\n`` a single byte (UTF-8, Latin-1, ASCII.
 from __future__ import annotations
 
 import csv as _csv
+import io
 from typing import Any, Iterator, List, Optional
 
 from .base import ObjectRef, PartitionContext
@@ -182,6 +183,29 @@ class CsvPart(TextPart):
         self.options = dict(options or {})
 
     def __iter__(self) -> Iterator[List[str]]:
+        if self.error_info is None:
+            yield from self._fast_rows()
+            return
+        yield from self._tracked_rows()
+
+    def _fast_rows(self) -> Iterator[List[str]]:
+        # One decode and csv.reader over an in-memory text: the reader's C loop does the
+        # line splitting (about 5x faster than feeding it line by line from Python). A
+        # part holds about chunk_size bytes, which is the work size the user chose.
+        text = self.read().decode(self.options["encoding"], "surrogateescape")
+        reader = _csv.reader(io.StringIO(text, newline=""), **_reader_kwargs(self.options))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except _csv.Error as exc:
+                raise self.error(f"CSV error at line {reader.line_num} of this part: "
+                                 f"{exc}") from exc
+            yield row
+
+    def _tracked_rows(self) -> Iterator[List[str]]:
+        """Rows with their byte offsets, to stop at the indexed error's record."""
         enc = self.options["encoding"]
         offset = {"at": self.ra}
         err_at = self.error_info[1] if self.error_info else None

@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, List, Optional, Tuple
 
-from .base import ObjectRef, Part, PartitionContext, Partitioner, FormatError
+from .base import ObjectRef, Part, PartitionContext, Partitioner
 from .codecs import CODECS, Decompressed, codec_for_head
 
 __all__ = ["LinesPartitioner", "GzipLinesPartitioner", "Bzip2LinesPartitioner",
@@ -418,5 +418,3 @@ class ZstdLinesPartitioner(_CompressedLines):
     extra = "zstd"
     requires = ("zstandard",)
 
-
-_ = FormatError  # re-exported for format modules that import it from here
