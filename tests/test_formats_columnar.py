@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
+import os
 import pickle
 import unittest
 from typing import Any, List
@@ -27,6 +28,8 @@ try:
     from tests._format_stores import LocalStore, S3Store
 except ImportError:  # tests/ is not a package: pytest put it on sys.path
     from _format_stores import LocalStore, S3Store  # type: ignore[no-redef]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parquet_bytes(n: int, row_group_size: int, *, wide: bool = False, seed: int = 0) -> bytes:
@@ -176,3 +179,24 @@ class S3ParquetTests(S3Store, ParquetContract, unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MissingDependencyTests(unittest.TestCase):
+    """Each binary format names its extra when its library is missing (simulated by
+    blocking the import in a child interpreter, so this process keeps its modules)."""
+
+    def test_each_format_names_its_extra(self) -> None:
+        import subprocess
+        import sys
+
+        cases = {"parquet": ("pyarrow", "parquet"), "cog": ("rasterio", "geo"),
+                 "lidar": ("laspy", "lidar"), "imzml": ("pyimzml", "imzml")}
+        for fmt, (module, extra) in cases.items():
+            code = (f"import sys; sys.modules[{module!r}] = None\n"
+                    f"from cloudpool import objects\n"
+                    f"try:\n    objects('x.bin', format={fmt!r})\n"
+                    f"except ImportError as e:\n    print(type(e).__name__, e)\n")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+            self.assertIn("MissingDependencyError", out.stdout, (fmt, out.stderr))
+            self.assertIn(f"pip install 'cloudpool[{extra}]'", out.stdout, fmt)
