@@ -46,6 +46,37 @@ def las_bytes(n: int, *, laz: bool = False, point_format: int = 3, seed: int = 0
     return buf.getvalue()
 
 
+def laz_variable_chunks(sizes: List[int], seed: int = 0) -> bytes:
+    """A LAZ file with variable-size chunks of ``sizes`` points (as COPC files have),
+    through laspy's lazrs writer with the VLR switched to variable-size chunks and a
+    chunk closed after each batch."""
+    from unittest import mock
+
+    import lazrs
+    from laspy._compression import lazrsbackend
+
+    data = laspy.read(io.BytesIO(las_bytes(sum(sizes), seed=seed)))
+    new_vlr = lazrs.LazVlr.new_for_compression
+
+    def variable(point_format_id: int, num_extra_bytes: int) -> Any:
+        return new_vlr(point_format_id, num_extra_bytes, use_variable_size_chunks=True)
+
+    def write_points(self: Any, points: Any) -> None:
+        self.compressor.compress_many(np.frombuffer(points.array, np.uint8))
+        self.compressor.finish_current_chunk()
+
+    buf = io.BytesIO()
+    with mock.patch.object(lazrs.LazVlr, "new_for_compression", staticmethod(variable)), \
+            mock.patch.object(lazrsbackend.LazrsPointWriter, "write_points", write_points):
+        with laspy.LasWriter(buf, data.header, do_compress=True, laz_backend=laspy.LazBackend.Lazrs,
+                             closefd=False) as w:
+            start = 0
+            for n in sizes:
+                w.write_points(data.points[start:start + n])
+                start += n
+    return buf.getvalue()
+
+
 def intensity_sum(part: LidarPart) -> int:
     """Runs on a worker: the sum of intensities over the part's points."""
     total = 0
@@ -107,6 +138,15 @@ class LidarContract:
             clone.points()
             self.assertEqual(clone.stats.bytes, p.byte_range[1] - p.byte_range[0])
             self.assertLess(clone.stats.bytes, len(data) / 2)
+
+    def test_laz_with_variable_size_chunks(self) -> None:
+        sizes = [7, 3000, 1, 450, 12]
+        data = laz_variable_chunks(sizes)
+        url = self.put("v.laz", data)
+        parts = self.parts(url, chunk_size=1)
+        self.assertEqual([p.num_points for p in parts], sizes)
+        self.check_all(data, parts)
+        self.check_all(data, self.parts(url, chunks=2))
 
     def test_adversarial_layouts(self) -> None:
         for name, data, kw in (("one.las", las_bytes(1), {"chunks": 8}),

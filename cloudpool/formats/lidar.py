@@ -209,6 +209,15 @@ def lidar_parts(obj: ObjectRef, ctx: PartitionContext) -> List[LidarPart]:
         return broken(f"LAZ chunk table does not match the header ({npoints} points, "
                       f"{sum(counts)} in the table, chunks end at {starts[-1]}, table at {table_offset})")
     groups = runs(sizes, ctx)
+    # An empty chunk (a writer closing a chunk with no points, e.g. at the end) is not
+    # worth a part of its own: it joins its neighbour, and lazrs decodes it as nothing.
+    merged: List[Tuple[int, int]] = []
+    for i, j in groups:
+        if merged and (sum(counts[i:j]) == 0 or sum(counts[merged[-1][0]:merged[-1][1]]) == 0):
+            merged[-1] = (merged[-1][0], j)
+        else:
+            merged.append((i, j))
+    groups = merged
     point_starts = [0]
     for c in counts:
         point_starts.append(point_starts[-1] + c)
