@@ -139,6 +139,16 @@ class LidarContract:
             self.assertEqual(clone.stats.bytes, p.byte_range[1] - p.byte_range[0])
             self.assertLess(clone.stats.bytes, len(data) / 2)
 
+    def test_las_and_laz_are_names_for_the_same_format(self) -> None:
+        las_url, laz_url = self.put("a.las", las_bytes(100)), self.put("a.laz", las_bytes(100, laz=True))
+        for fmt in ("las", "laz", "lidar"):
+            for url in (las_url, laz_url):
+                parts = list(objects(url, format=fmt, storage_options=self.options))
+                self.assertEqual(sum(len(p.points()) for p in parts), 100, (fmt, url))
+        detected = list(objects([las_url, laz_url], storage_options=self.options))
+        self.assertEqual([(type(p).__name__, p.compressed) for p in detected],
+                         [("LidarPart", False), ("LidarPart", True)])
+
     def test_laz_with_variable_size_chunks(self) -> None:
         sizes = [7, 3000, 1, 450, 12]
         data = laz_variable_chunks(sizes)

@@ -46,6 +46,9 @@ formats.register("tsv", "cloudpool.formats.csv:TsvPartitioner")
 formats.register("parquet", "cloudpool.formats.parquet:ParquetPartitioner", "parquet")
 formats.register("cog", "cloudpool.formats.cog:CogPartitioner", "geo")
 formats.register("lidar", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
+# The same partitioner under the names users know the files by (it tells LAS from LAZ).
+formats.register("las", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
+formats.register("laz", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
 formats.register("imzml", "cloudpool.formats.imzml:ImzmlPartitioner", "imzml")
 
 
