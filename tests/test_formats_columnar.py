@@ -160,6 +160,23 @@ class ParquetContract:
         parts = list(objects(url, storage_options=self.options))
         self.assertTrue(parts and all(isinstance(p, ParquetPart) for p in parts), parts)
 
+    def test_corrupt_row_group_fails_on_its_own_part(self) -> None:
+        data = bytearray(parquet_bytes(4000, 1000))
+        md = pq.read_metadata(pa.BufferReader(bytes(data)))
+        at = md.row_group(2).column(1).data_page_offset
+        data[at:at + 12] = b"\xff" * 12  # the page header of x in row group 2
+        url = self.put("corrupt.parquet", bytes(data))
+        parts = self.parts(url, chunk_size=1)
+        self.assertEqual(len(parts), 4)
+        for p in parts:
+            if p.row_groups == (2,):
+                with self.assertRaisesRegex(FormatError, r"part 3/4.*corrupt data in row group\(s\) \[2\]"):
+                    p.table()
+                with self.assertRaises(FormatError):
+                    list(p)
+            else:
+                self.assertEqual(p.table().num_rows, 1000)
+
     def test_end_to_end_column_sum_through_the_executor(self) -> None:
         data = parquet_bytes(20000, 2500, seed=3)
         url = self.put("sum.parquet", data)

@@ -48,6 +48,7 @@ class RangedFile(io.RawIOBase):
         self._key = key
         self.size = self._backend.head(key).size if size is None else size
         self.stats = stats if stats is not None else ReadStats()
+        self.storage_error: Optional[BaseException] = None
         self._pos = 0
 
     def readable(self) -> bool:
@@ -78,7 +79,13 @@ class RangedFile(io.RawIOBase):
         hi = min(hi, self.size)
         if hi <= lo:
             return b""
-        data = self._backend.get(self._key, lo, hi)
+        try:
+            data = self._backend.get(self._key, lo, hi)
+        except OSError as exc:
+            # Remembered so a reader's caller can tell a storage failure from bad data
+            # when a library (pyarrow) re-raises both as a plain OSError.
+            self.storage_error = exc
+            raise
         self.stats.add(len(data))
         if len(data) != hi - lo:
             raise OSError(f"{self.url}: expected {hi - lo} bytes at offset {lo} but got "

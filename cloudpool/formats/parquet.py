@@ -94,7 +94,8 @@ class ParquetPart(Part):
             f"row groups {list(self.row_groups)}, rows [{self.first_row}, {self.first_row + self.num_rows})"
         return f"ParquetPart({self.url!r}, part {self.part + 1}/{self.parts}, {what})"
 
-    def _file(self) -> Any:
+    def _file(self) -> Tuple[Any, RangedFile]:
+        """``(ParquetFile, the RangedFile under it)`` from one exact GET of the footer."""
         if self.problem:
             raise self.error(self.problem)
         f = RangedFile(self.url, self.size, storage_options=self.storage_options, stats=self.stats)
@@ -107,23 +108,35 @@ class ParquetPart(Part):
             metadata = _metadata_from_footer(footer)
         except OSError as exc:
             raise self.error(f"unreadable Parquet footer ({exc})") from None
-        return _pq().ParquetFile(f, metadata=metadata)
+        return _pq().ParquetFile(f, metadata=metadata), f
+
+    def _corrupt(self, f: RangedFile, exc: OSError) -> Exception:
+        """A storage failure as it is; anything else pyarrow raised as OSError is bad data."""
+        if f.storage_error is not None:
+            return exc
+        return self.error(f"corrupt data in row group(s) {list(self.row_groups)}: {exc}")
 
     def __iter__(self) -> Iterator[Any]:
         """The part's rows as ``pyarrow.RecordBatch``es, in file order."""
-        pf = self._file()
+        pf, f = self._file()
         if not self.row_groups:
             return
-        yield from pf.iter_batches(batch_size=self.batch_size, row_groups=list(self.row_groups),
-                                   columns=None if self.columns is None else list(self.columns))
+        try:
+            yield from pf.iter_batches(batch_size=self.batch_size, row_groups=list(self.row_groups),
+                                       columns=None if self.columns is None else list(self.columns))
+        except OSError as exc:
+            raise self._corrupt(f, exc) from exc
 
     def table(self) -> Any:
         """The part's rows as one ``pyarrow.Table`` (an empty one with the schema if none)."""
-        pf = self._file()
+        pf, f = self._file()
         columns = None if self.columns is None else list(self.columns)
         if not self.row_groups:
             return pf.schema_arrow.empty_table().select(columns or pf.schema_arrow.names)
-        return pf.read_row_groups(list(self.row_groups), columns=columns)
+        try:
+            return pf.read_row_groups(list(self.row_groups), columns=columns)
+        except OSError as exc:
+            raise self._corrupt(f, exc) from exc
 
     read = table
 
