@@ -491,7 +491,8 @@ class Objects:
             how = f"chunks={self.chunks}"
         else:
             how = f"auto, parallelism={self.parallelism or os.cpu_count() or 1}"
-        return f"Objects({list(self.urls)!r}, {how}, newline={self.newline!r})"
+        fmt = f", format={self.format!r}" if self.format is not None else ""
+        return f"Objects({list(self.urls)!r}, {how}, newline={self.newline!r}{fmt})"
 
     # ------------------------------------------------------------------ listing
     def _backend(self, url: str) -> Tuple[StorageBackend, str]:
@@ -609,9 +610,9 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
     is smaller than 1 MiB.
 
     ``newline`` is the record separator (see the module docstring for the rule); ``None``
-    gives exact byte ranges (and no format detection). ``storage_options`` are passed to the storage backend (for
-    example ``{"endpoint_url": "http://127.0.0.1:5000"}`` for S3); options that the
-    backend declares as credentials do not travel with the parts.
+    gives exact byte ranges (and no format detection). ``storage_options`` are passed to
+    the storage backend (for example ``{"endpoint_url": "http://127.0.0.1:5000"}`` for S3);
+    options that the backend declares as credentials do not travel with the parts.
 
     ``format`` names the data format (``cloudpool.formats``: ``"lines"``, ``"gzip"``,
     ``"csv"``, ...); ``None`` detects it per object (magic bytes, then extension, else
@@ -619,8 +620,8 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
     ``index_cache`` is where built indexes are kept: a storage URL, ``None`` for the
     user's cache directory, ``False`` for no caching.
 
-    Raises ``ValueError`` for a malformed URL, an unknown scheme or format, or bad sizes at once,
-    and ``FileNotFoundError`` naming the URL, while iterating, for a URL that matches no
+    Raises ``ValueError`` for a malformed URL, an unknown scheme or format, or bad sizes at
+    once, and ``FileNotFoundError`` naming the URL, while iterating, for a URL that matches no
     object.
     """
     if isinstance(url_or_urls, (str, os.PathLike)):

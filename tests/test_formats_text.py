@@ -158,6 +158,23 @@ class TextFormatsContract:
         self.assertEqual(len(parts), 1)
         self.assertEqual(list(parts[0]), [])
 
+    def test_single_member_gzip_splits_with_a_zran_index(self) -> None:
+        import cloudpool.formats.text as text
+        rng = random.Random(5)
+        data = b"".join(b"%d %s\n" % (i, b"q" * rng.randint(0, 40)) for i in range(40000))
+        url = self.put("one.txt.gz", gzip.compress(data, mtime=0))
+        with mock.patch.object(text, "ZRAN_MIN_SPACING", 64 * 1024):
+            parts = self.parts(url, chunk_size=256 * 1024)
+            self.assertGreater(len(parts), 3)  # not one part: seek points inside the member
+            self.assertTrue(all(p.zran is not None for p in parts))
+            self.check_lines(data, parts)
+            again = self.parts(url, chunk_size=256 * 1024)  # index from the cache
+            self.assertEqual(again, parts)
+        # Without a cache there is nowhere to keep the index: one part, still right.
+        single = self.parts(url, chunk_size=256 * 1024, index_cache=False)
+        self.assertEqual(len(single), 1)
+        self.check_lines(data, single)
+
     def test_chunks_mode_and_bgzf_like_layout(self) -> None:
         data = b"".join(b"line %06d\n" % i for i in range(20000))
         url = self.put("bgzf.gz", gzip_layout(data, list(range(0, len(data), 65280))))
@@ -198,6 +215,17 @@ class TextFormatsContract:
         for chunk in self.quoted_chunks:
             parts = self.parts(url, chunk_size=chunk, format="csv")
             self.assertEqual([r for p in parts for r in p], ref[1:], chunk)
+
+    def test_csv_tiny_objects(self) -> None:
+        for data in (b"", b"a", b"h\n", b"h1,h2\nx,y", b'h\n"a\nb"', b"\n\n"):
+            for blob, suffix in ((data, ".csv"), (gzip.compress(data), ".csv.gz")):
+                with self.subTest(data=data, suffix=suffix):
+                    url = self.put(uuid.uuid4().hex[:6] + suffix, blob)
+                    parts = self.parts(url, chunk_size=1, format="csv")
+                    ref = reference_rows(data)
+                    self.assertGreaterEqual(len(parts), 1)
+                    self.assertEqual([r for p in parts for r in p], ref[1:])
+                    self.assertTrue(all(p.header == (ref[0] if ref else None) for p in parts))
 
     def test_csv_without_header_and_options(self) -> None:
         data = b"a;b\n'x;y';2\n"

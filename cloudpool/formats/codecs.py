@@ -7,10 +7,10 @@ members (BGZF is 64 KiB members), bzip2 streams (pbzip2, lbzip2 write many), zst
 boundary with a fresh decompressor, so a seek point is just ``(compressed offset,
 decompressed offset)`` and needs no saved window. One sequential pass finds them all.
 
-Limit: inside one unit there is no seek point (deflate and bzip2 blocks start at bit
-offsets, which the stdlib decompressors cannot start from), so a single-member gzip or a
-single-stream bzip2 is read by one part from its start; see ``text.py`` for how parts are
-placed so that all parts together still decompress each unit about once.
+Limit: inside one unit there is no seek point here (deflate and bzip2 blocks start at bit
+offsets, which the stdlib decompressors cannot start from). Parts are placed at unit
+starts (``text.py``), so all parts together decompress each unit once; long gzip members
+get finer seek points from an indexed_gzip index instead (``text.zran_index``).
 
 zstd skippable frames (magic ``0x184D2A5?``, used by the seekable format's seek table)
 are skipped.

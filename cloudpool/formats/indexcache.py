@@ -71,6 +71,14 @@ class IndexCache:
     def _storage(self):
         return get_storage(self._scheme, self._bucket, self._options)
 
+    def url_of(self, obj: ObjectRef, kind: str, params: str = "") -> str:
+        """The storage URL of the blob ``load``/``store`` use (for parts that fetch it)."""
+        return self._storage().url(self._key(obj, kind, params))
+
+    @property
+    def storage_options(self) -> dict:
+        return dict(self._options)
+
     def load(self, obj: ObjectRef, kind: str, params: str = "") -> Optional[bytes]:
         """The stored index of this version of ``obj``, or ``None``."""
         try:

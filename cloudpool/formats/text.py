@@ -19,10 +19,11 @@ Part ``i`` owns the decompressed bytes ``[c(x_i), c(x_{i+1}))`` where ``x_i`` ar
 nominal boundaries of ``chunk_size`` decompressed bytes and ``c(x)`` is the first indexed
 record start at or after ``x``. Parts therefore tile the data at record starts: every
 record belongs to exactly one part. A part decompresses from the last seek point at or
-before its start, so reading all parts costs one decompression plus, per part, at most
-the distance back to its seek point (``g`` is an eighth of the part size when the data
-has enough units; a single-member gzip has one seek point, see the README's limits).
-The index is cached (``IndexCache``) keyed by the object's version and ``g``.
+before its start; boundaries are moved on to seek points, so no unit is decompressed by
+two parts. A gzip member much longer than a part gets seek points inside it from an
+indexed_gzip ("zran") index, built at first use and loaded by the parts from the index
+cache (``zran_index``). The index is cached (``IndexCache``) keyed by the object's
+version and ``g``.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, List, Optional, Tuple
 
-from .base import ObjectRef, Part, PartitionContext, Partitioner
+from .base import ObjectRef, Part, PartitionContext, Partitioner, _secret_free
 from .codecs import CODECS, Decompressed, codec_for_head
 
 __all__ = ["LinesPartitioner", "GzipLinesPartitioner", "Bzip2LinesPartitioner",
@@ -158,11 +159,65 @@ def load_or_build(obj: ObjectRef, codec: Optional[str], rule: Any, ctx: Partitio
     return index
 
 
+#: A gzip unit longer than this many granules gets an indexed_gzip (zran) index.
+ZRAN_MIN_GRANULES = 4
+#: Smallest zran seek-point spacing (each point stores a 32 KiB window).
+ZRAN_MIN_SPACING = 1024 * 1024
+
+
+def zran_index(obj: ObjectRef, index: TextIndex, ctx: PartitionContext) -> Optional[Tuple[str, dict]]:
+    """For gzip with members much longer than a part, seek points *inside* members.
+
+    Built once (one more sequential decompression, by ``indexed_gzip``) and stored in the
+    index cache, from where every part of the object loads it. Returns ``(blob URL,
+    storage options)`` and replaces ``index.points`` with the finer points, or ``None`` if
+    not needed or not possible (no ``indexed_gzip``, caching off, or bad data).
+    """
+    if index.codec != "gzip" or ctx.index_cache is None or index.error is not None:
+        return None
+    g = granule(obj, ctx)
+    spacing = max(ZRAN_MIN_SPACING, g)
+    offsets = [d for _c, d in index.points] + [index.total]
+    if max(b - a for a, b in zip(offsets, offsets[1:])) <= max(ZRAN_MIN_GRANULES * g, 2 * spacing):
+        return None  # member starts are close enough (BGZF, multi-member)
+    try:
+        import indexed_gzip
+    except ImportError:
+        return None
+    cache = ctx.index_cache
+    params = f"zran|spacing={spacing}"
+    blob = cache.load(obj, "zran", params)
+    if blob is None:
+        with obj.open() as raw:
+            f = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=spacing, auto_build=True)
+            try:
+                # build_full_index, not read(): large reads bypass the point building.
+                f.build_full_index()
+                out = io.BytesIO()
+                f.export_index(fileobj=out)
+            finally:
+                f.close()
+        blob = out.getvalue()
+        cache.store(obj, "zran", blob, params)
+    with obj.open() as raw:
+        f = indexed_gzip.IndexedGzipFile(fileobj=raw, auto_build=False)
+        try:
+            f.import_index(fileobj=io.BytesIO(blob))
+            points = sorted({(int(c), int(d)) for d, c in f.seek_points()} | set(index.points),
+                            key=lambda p: p[1])
+        finally:
+            f.close()
+    index.points = points
+    url = cache.url_of(obj, "zran", params)
+    return url, _secret_free(url.split("://", 1)[0], cache.storage_options)
+
+
 def text_parts(obj: ObjectRef, codec: Optional[str], index: TextIndex, ctx: PartitionContext,
                make: Any) -> List["TextPart"]:
     """Parts tiling ``[data_start, total)`` at indexed record starts; ``make(**fields)``."""
     import bisect
 
+    zran = zran_index(obj, index, ctx)
     lo, total = index.data_start, index.total
     nominal = [lo + x for x in ctx.bounds(max(0, total - lo))]
     point_offsets = [d for _c, d in index.points]
@@ -199,8 +254,10 @@ def text_parts(obj: ObjectRef, codec: Optional[str], index: TextIndex, ctx: Part
             at = index.error_at
             if ra <= at < rb or (i == n - 1 and at >= rb) or (ra == rb == at):
                 error = (index.error, at)
-        out.append(make(obj=obj, part=i, parts=n, codec=codec, comp=comp, dec=dec,
-                        ra=ra, rb=rb, error=error, header=index.header))
+        part = make(obj=obj, part=i, parts=n, codec=codec, comp=comp, dec=dec,
+                    ra=ra, rb=rb, error=error, header=index.header)
+        part.zran = zran
+        out.append(part)
     return out
 
 
@@ -228,6 +285,8 @@ class TextPart(Part):
         self.rb = rb
         self.error_info = error
         self.header = header
+        #: (URL of the indexed_gzip index blob, its storage options) for seeks inside members.
+        self.zran: Optional[Tuple[str, dict]] = None
 
     @property
     def start(self) -> int:
@@ -257,6 +316,9 @@ class TextPart(Part):
         if self.codec is None:
             yield from _plain_blocks(self.obj, lo, hi)
             return
+        if self.zran is not None:
+            yield from self._zran_blocks(lo, hi)
+            return
         stream = Decompressed(self.obj, self.codec, self.comp, self.dec)
         pos = self.dec
         for block in stream:
@@ -271,6 +333,36 @@ class TextPart(Part):
                 raise self.error(stream.error)
             raise self.error(f"the decompressed data ends at byte {pos}, before this part's "
                              f"end {hi}; the object changed after it was indexed")
+
+    def _zran_blocks(self, lo: int, hi: int) -> Iterator[bytes]:
+        from ..storage import get_storage, split_url
+        from .base import require
+        indexed_gzip = require("indexed_gzip", "gzip", "gzip")
+        url, options = self.zran  # type: ignore[misc]
+        scheme, bucket, key = split_url(url)
+        try:
+            blob = get_storage(scheme, bucket, options or self.obj.storage_options).get(key)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.url}: the gzip seek index {url} is gone (or not reachable from this "
+                f"worker); partition again, with index_cache= on storage the workers "
+                f"can read") from None
+        with self.obj.open() as raw:
+            # auto_build: past the last seek point the reader must be allowed to go on.
+            f = indexed_gzip.IndexedGzipFile(fileobj=raw, auto_build=True)
+            try:
+                f.import_index(fileobj=io.BytesIO(blob))
+                f.seek(lo)
+                pos = lo
+                while pos < hi:
+                    data = f.read(min(SCAN_READ, hi - pos))
+                    if not data:
+                        raise self.error(f"the decompressed data ends at byte {pos}, before "
+                                         f"this part's end {hi}")
+                    pos += len(data)
+                    yield data
+            finally:
+                f.close()
 
     def check_error(self, offset: int) -> None:
         """Raise the indexed error if the data reached ``offset`` or beyond."""
@@ -297,6 +389,9 @@ class LinesPart(TextPart):
         self.newline = newline
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.newline == b"\n":
+            yield from self._iter_newlines()
+            return
         sep, L = self.newline, len(self.newline)
         # L-1 bytes of left context: an occurrence straddling ra ends a record inside us.
         base = max(self.dec if self.codec else 0, self.ra - (L - 1))
@@ -324,6 +419,20 @@ class LinesPart(TextPart):
             yield bytes(buf[cur:])
         self.check_error(self.rb)
 
+
+    def _iter_newlines(self) -> Iterator[bytes]:
+        # ``ra`` is a record start, so no left context is needed; BytesIO splits the
+        # whole lines of each block in C.
+        carry = b""
+        for block in self.blocks():
+            data = carry + block if carry else block
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield from io.BytesIO(data[:cut])
+            carry = data[cut:]
+        if carry:
+            yield carry
+        self.check_error(self.rb)
 
 # ---------------------------------------------------------------------------- partitioners
 class LinesPartitioner(Partitioner):
