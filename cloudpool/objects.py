@@ -592,6 +592,12 @@ class Objects:
                              newline=self.newline, storage_options=self.options_for(backend.scheme))
 
     def __iter__(self) -> Iterator[ObjectPart]:
+        if self.format is not None:
+            from . import formats as _formats
+            if _formats.spans_objects(self):  # parts across objects (COG align=True)
+                listed = [(backend.url(info.key), info) for backend, info in self._list_all()]
+                yield from _formats.partition_all(self, listed)
+                return
         if self.chunk_size is not None or self.chunks is not None:
             for backend, info in self._list_all():
                 yield from self._parts_of(backend, info, None)

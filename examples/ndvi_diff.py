@@ -9,35 +9,36 @@ near infrared): local directories, ``s3://bucket/.../S2B_..._L2A/`` or
 ``https://host/.../S2B_..._L2A/``. Both scenes must be on the same grid (the same
 tile on two dates).
 
-The scene is cut into a ``--grid`` x ``--grid`` grid of windows (11 x 11 = 121 calls
-by default). Each call reads only its window of the four band files through rasterio
-(GDAL ranged reads: ``/vsis3/`` for ``s3://``, ``/vsicurl/`` for ``https://``),
-computes ``NDVI = (NIR - RED) / (NIR + RED)`` for both dates from the reflectances
-``(DN + offset) * scale``, and stores ``NDVI(after) - NDVI(before)`` as a float32
-``.npy`` tile under ``--output``. Pixels that are no data (DN 0 in any band) or whose
-``NIR + RED`` is zero are NaN: the division is never done for them. Each call also
+The four band files are handed to ``cloudpool.objects(..., format="cog", grid=(g, g),
+align=True)``, which reads their headers once and cuts them into a ``--grid`` x
+``--grid`` grid of windows (11 x 11 = 121 calls by default); each part holds the same
+window of all four bands. Each call reads only its window's internal tiles (ranged
+GETs through cloudpool's storage layer: no GDAL network configuration, any storage
+cloudpool knows), computes ``NDVI = (NIR - RED) / (NIR + RED)`` for both dates from the
+reflectances ``(DN + offset) * scale``, and stores ``NDVI(after) - NDVI(before)`` as a
+float32 ``.npy`` tile under ``--output``. Pixels that are no data (DN 0 in any band) or
+whose ``NIR + RED`` is zero are NaN: the division is never done for them. Each call also
 returns a decimated preview of its tile, from which the client draws the PNG with a
 colour bar (matplotlib, Agg); ``--save-mosaic`` assembles the full-resolution
 difference from the stored tiles into one ``.npy`` file.
 
-GDAL gets the S3 endpoint settings (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``,
-``AWS_VIRTUAL_HOSTING``, ``AWS_REGION``) derived from the executor's ``s3`` storage
-options or from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; these travel with the
-calls, credentials never do: GDAL on the workers finds them in the workers'
-environment or credential chain, as boto3 does. For the public bucket, which needs no
-credentials, pass ``--no-sign-request``.
+The band files are read with the executor's storage options for their scheme (an S3
+endpoint or region from the cloudpool config, ``CLOUDPOOL_S3__ENDPOINT_URL`` or boto3's
+own ``AWS_ENDPOINT_URL``); credentials never travel with the calls: the workers' storage
+clients find them in the workers' environment or credential chain. The run prints the
+bytes each window read against its own compressed tiles.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import math
 import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> str:
@@ -57,71 +58,12 @@ from cloudpool import CloudPoolExecutor, Storage
 RED, NIR = "B04.tif", "B08.tif"
 
 
-# ---------------------------------------------------------------------------- paths and GDAL
-def gdal_path(url: str) -> str:
-    """The path GDAL opens for a storage URL (a virtual file system path for remote ones)."""
-    if url.startswith("s3://"):
-        return "/vsis3/" + url[len("s3://"):]
-    if url.startswith(("https://", "http://")):
-        return "/vsicurl/" + url
-    if url.startswith("gs://"):
-        return "/vsigs/" + url[len("gs://"):]
-    if url.startswith("az://"):
-        return "/vsiaz/" + url[len("az://"):]
-    if url.startswith("file://"):
-        return url[len("file://"):]
-    if "://" in url:
-        raise ValueError(f"{url}: GDAL cannot read {url.split('://')[0]}:// URLs here; use a "
-                         f"local path, s3://, gs://, az:// or https:// (for IBM COS, s3:// with "
-                         f"the COS endpoint in the s3 options)")
-    return os.path.abspath(url)
-
-
+# ---------------------------------------------------------------------------- paths
 def band_url(scene: str, band: str) -> str:
     """The URL of one band file of a scene prefix."""
     if "://" in scene:
         return scene.rstrip("/") + "/" + band
     return os.path.join(os.path.abspath(scene), band)
-
-
-def gdal_options(urls: Sequence[str], s3_options: Mapping[str, Any],
-                 no_sign_request: bool = False) -> Dict[str, str]:
-    """GDAL configuration for reading ``urls``: endpoints and tuning, never credentials.
-
-    The S3 endpoint comes from the storage options (``s3: {endpoint_url: ...}`` in the
-    cloudpool config, or ``CLOUDPOOL_S3__ENDPOINT_URL``), else from the variables boto3
-    itself reads (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``); with none, GDAL talks
-    to AWS. A non-AWS endpoint is addressed by path (``AWS_VIRTUAL_HOSTING=FALSE``).
-    """
-    options = {
-        # Without it GDAL lists the "directory" of every file it opens: a LIST per open.
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        # Adjacent tiles of one window become one ranged GET.
-        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    }
-    if any(u.startswith("s3://") for u in urls):
-        endpoint = (s3_options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
-                    or os.environ.get("AWS_ENDPOINT_URL"))
-        if endpoint:
-            parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
-            options["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
-            options["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
-            options["AWS_VIRTUAL_HOSTING"] = "FALSE"
-        region = (s3_options.get("region") or os.environ.get("AWS_REGION")
-                  or os.environ.get("AWS_DEFAULT_REGION"))
-        if region:
-            options["AWS_REGION"] = region
-        if no_sign_request:
-            options["AWS_NO_SIGN_REQUEST"] = "YES"
-    return options
-
-
-def grid_windows(height: int, width: int, grid: int) -> List[Tuple[int, int, int, int, int, int]]:
-    """``(row, col, row_off, col_off, rows, cols)`` of a ``grid`` x ``grid`` tiling."""
-    rows = [height * i // grid for i in range(grid + 1)]
-    cols = [width * j // grid for j in range(grid + 1)]
-    return [(i, j, rows[i], cols[j], rows[i + 1] - rows[i], cols[j + 1] - cols[j])
-            for i in range(grid) for j in range(grid)]
 
 
 # ---------------------------------------------------------------------------- the computation
@@ -137,72 +79,60 @@ def ndvi(red_dn: np.ndarray, nir_dn: np.ndarray, scale: float, offset: float) ->
     return out
 
 
-def ndvi_window(task: Dict[str, Any]) -> Dict[str, Any]:
-    """Runs on a worker: one window's NDVI difference, stored as a tile; returns a summary."""
-    import rasterio
-    from rasterio.windows import Window
+BANDS = ("before_red", "before_nir", "after_red", "after_nir")
 
+
+def ndvi_window(part: Any, job: Dict[str, Any]) -> Dict[str, Any]:
+    """Runs on a worker: one window's NDVI difference, stored as a tile; returns a summary.
+
+    ``part`` is a ``cloudpool`` COG part holding the same window of the four bands, in
+    the order of ``BANDS``; ``job`` holds the settings shared by every window.
+    """
     started = time.perf_counter()
-    window = Window(task["col_off"], task["row_off"], task["cols"], task["rows"])
-    bands = {}
-    with rasterio.Env(**task["gdal"]):
-        for name, path in task["paths"].items():
-            with rasterio.open(path) as src:
-                bands[name] = src.read(1, window=window)  # only this window's tiles are fetched
-    before = ndvi(bands["before_red"], bands["before_nir"], task["scale"], task["offset"])
-    after = ndvi(bands["after_red"], bands["after_nir"], task["scale"], task["offset"])
+    # Only this window's tiles are fetched: one GET for each file's header and one per
+    # run of contiguous tiles (usually one per tile row the window touches).
+    bands = dict(zip(BANDS, part.read(1)))
+    before = ndvi(bands["before_red"], bands["before_nir"], job["scale"], job["offset"])
+    after = ndvi(bands["after_red"], bands["after_nir"], job["scale"], job["offset"])
     diff = (after - before).astype(np.float32)  # NaN wherever either date is NaN
 
     buf = io.BytesIO()
     np.save(buf, diff, allow_pickle=False)
-    out = Storage(task["output"], **task["output_options"])
-    out.put(task["tile_key"], buf.getvalue())
+    tile_key = f"{job['prefix']}/r{part.row:03d}c{part.col:03d}.npy"
+    out = Storage(job["output"], **job["output_options"])
+    out.put(tile_key, buf.getvalue())
 
-    step = task["preview_step"]
-    r0 = -task["row_off"] % step  # keep the rows/cols on the global decimation lattice
-    c0 = -task["col_off"] % step
+    step = job["preview_step"]
+    r0 = -part.row_off % step  # keep the rows/cols on the global decimation lattice
+    c0 = -part.col_off % step
     valid = np.isfinite(diff)
     return {
-        "row": task["row"], "col": task["col"], "key": task["tile_key"],
-        "row_off": task["row_off"], "col_off": task["col_off"],
-        "rows": task["rows"], "cols": task["cols"],
+        "row": part.row, "col": part.col, "key": tile_key,
+        "row_off": part.row_off, "col_off": part.col_off,
+        "rows": part.height, "cols": part.width,
         "valid": int(valid.sum()),
         "sum": float(diff[valid].sum(dtype=np.float64)),
         "preview": diff[r0::step, c0::step].copy(),
         "seconds": time.perf_counter() - started,
+        "bytes_read": part.stats.bytes, "requests": part.stats.requests,
+        "tile_bytes": sum(hi - lo for ranges in part.tile_ranges for lo, hi in ranges),
     }
 
 
 # ---------------------------------------------------------------------------- client side
-def check_same_grid(paths: Mapping[str, str], gdal: Mapping[str, str]) -> Dict[str, Any]:
-    """Open every band's header: all must share size, CRS and transform."""
-    import rasterio
+def check_bands_exist(urls: Mapping[str, str], options: Mapping[str, Any]) -> None:
+    """Every band file must exist; say which one is missing and what a scene holds."""
+    from cloudpool.storage import get_storage, split_url
 
-    from rasterio.errors import RasterioIOError
-
-    info: Dict[str, Any] = {}
-    with rasterio.Env(**gdal):
-        for name, path in paths.items():
-            try:
-                with rasterio.open(path) as src:
-                    here = {"height": src.height, "width": src.width, "crs": src.crs,
-                            "transform": src.transform, "dtype": src.dtypes[0],
-                            "bounds": tuple(src.bounds), "block": src.block_shapes[0]}
-            except RasterioIOError as exc:
-                raise FileNotFoundError(
-                    f"cannot open the {name} band {path} ({exc}); a scene prefix must hold "
-                    f"{RED} and {NIR}, and remote ones need credentials where GDAL finds them "
-                    f"(or --no-sign-request for public buckets)") from None
-            if not info:
-                info = dict(here, first=name)
-                continue
-            for field in ("height", "width", "crs", "transform"):
-                if here[field] != info[field]:
-                    raise ValueError(
-                        f"{name} ({path}) has {field} {here[field]} but {info['first']} has "
-                        f"{info[field]}: NDVI change needs two dates of the same tile on the "
-                        f"same grid (B04 and B08, both 10 m)")
-    return info
+    for name, url in urls.items():
+        scheme, bucket, key = split_url(url)
+        try:
+            get_storage(scheme, bucket, options).head(key)
+        except (FileNotFoundError, PermissionError, OSError) as exc:
+            raise FileNotFoundError(
+                f"cannot open the {name} band {url} ({exc}); a scene prefix must hold "
+                f"{RED} and {NIR}, and remote ones need credentials where the storage client "
+                f"finds them") from None
 
 
 def save_png(preview: np.ndarray, path: str, size: Tuple[int, int], bounds: Tuple[float, ...],
@@ -249,6 +179,15 @@ def save_mosaic(results: Sequence[Dict[str, Any]], output: Storage, path: str,
     del mosaic
 
 
+def _crs(text: Optional[str]) -> Any:
+    """A CRS object for the axis label, from the string the parts carry."""
+    if not text:
+        return None
+    from rasterio.crs import CRS
+
+    return CRS.from_string(text)
+
+
 def _png_size(text: str) -> Tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -276,8 +215,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scale", type=float, default=1e-4, help="reflectance per digital number")
     parser.add_argument("--offset", type=float, default=0.0, help="added to digital numbers before "
                         "scaling (-1000 for unharmonised processing baseline >= 04.00 products)")
-    parser.add_argument("--no-sign-request", action="store_true",
-                        help="read public S3 buckets anonymously (GDAL's AWS_NO_SIGN_REQUEST)")
     parser.add_argument("--size", type=int, default=1100, help="side of generated scenes (no SCENEs given)")
     parser.add_argument("--backend", default=None, help="compute backend (default: config, else local)")
     parser.add_argument("--storage", default=None, help="storage URL for job data (default: config, else local)")
@@ -315,34 +252,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run(args: argparse.Namespace, before: str, after: str, output_url: str, keep_tiles: bool = True) -> int:
+    from cloudpool import objects
     from cloudpool.storage import split_url, storages
 
     urls = {"before_red": band_url(before, RED), "before_nir": band_url(before, NIR),
             "after_red": band_url(after, RED), "after_nir": band_url(after, NIR)}
     start = time.perf_counter()
     with CloudPoolExecutor(args.workers, backend=args.backend, storage=args.storage) as ex:
-        gdal = gdal_options(list(urls.values()), ex.config.section("s3"), args.no_sign_request)
-        paths = {name: gdal_path(url) for name, url in urls.items()}
-        info = check_same_grid(paths, gdal)
-        height, width = info["height"], info["width"]
+        band_scheme = split_url(urls["before_red"])[0]
+        band_options = ex.config.section(band_scheme)
+        check_bands_exist(urls, band_options)
+        # One header read per band file at listing; align=True checks the four share one
+        # grid and puts the same window of all four in each part, in the order of BANDS.
+        parts = list(objects([urls[b] for b in BANDS], format="cog", grid=(args.grid, args.grid),
+                             align=True, storage_options=band_options))
+        first = parts[0]
+        if first.problem:  # e.g. a band stored in strips, not as a COG
+            raise ValueError(first.problem)
+        height = max(p.row_off + p.height for p in parts)
+        width = max(p.col_off + p.width for p in parts)
         scheme = split_url(output_url)[0]
         secret = storages.get(scheme).secret_option_names
         # The output store's non-secret options (an endpoint, a region) go with the calls.
         client_output_options = ex.config.section(scheme)
         output_options = {k: v for k, v in client_output_options.items() if k not in secret}
         step = max(1, math.ceil(max(height, width) / args.preview_max))
-        run_id = time.strftime("%Y%m%dT%H%M%S")
-        tasks = [{
-            "row": i, "col": j, "row_off": r0, "col_off": c0, "rows": h, "cols": w,
-            "paths": paths, "gdal": gdal, "scale": args.scale, "offset": args.offset,
-            "output": output_url, "output_options": output_options,
-            "tile_key": f"ndvi-diff-{run_id}/r{i:03d}c{j:03d}.npy", "preview_step": step,
-        } for i, j, r0, c0, h, w in grid_windows(height, width, args.grid)]
+        job = {"scale": args.scale, "offset": args.offset, "output": output_url,
+               "output_options": output_options, "preview_step": step,
+               "prefix": f"ndvi-diff-{time.strftime('%Y%m%dT%H%M%S')}"}
         mapped = time.perf_counter()
-        results = list(ex.map(ndvi_window, tasks))
+        results = list(ex.map(functools.partial(ndvi_window, job=job), parts))
         elapsed = time.perf_counter() - mapped
         backend = ex.config["backend"]
 
+    a, b, c, d, e, f = first.transform  # the first window starts at the raster's origin
+    info = {"crs": _crs(first.crs),
+            "bounds": (c, f + e * height, c + a * width, f)}
     preview = np.full((-(-height // step), -(-width // step)), np.nan, dtype=np.float32)
     for r in results:
         p = r["preview"]
@@ -360,11 +305,16 @@ def run(args: argparse.Namespace, before: str, after: str, output_url: str, keep
 
     pixels = height * width
     call_times = sorted(r["seconds"] for r in results)
-    print(f"NDVI difference of {height} x {width} px scenes ({info['crs']}, tiles {info['block']}): "
+    print(f"NDVI difference of {height} x {width} px scenes ({first.crs}): "
           f"{len(results)} calls on backend {backend!r}, one {args.grid} x {args.grid} grid window each")
     print(f"valid pixels: {valid:,} of {pixels:,} ({100 * valid / pixels:.1f}%), mean change {mean:+.4f}")
     print(f"map: {elapsed:.2f} s, {4 * pixels / elapsed / 1e6:.1f} Mpx/s read (4 bands); "
           f"median call {call_times[len(call_times) // 2] * 1000:.0f} ms; total {total:.2f} s")
+    ratios = sorted(r["bytes_read"] / r["tile_bytes"] for r in results if r["tile_bytes"])
+    read = sum(r["bytes_read"] for r in results)
+    print(f"reads: {read / 1e6:.1f} MB in {sum(r['requests'] for r in results)} ranged GETs, "
+          f"{read / max(1, sum(r['tile_bytes'] for r in results)):.3f}x the windows' own compressed "
+          f"tiles (median window {ratios[len(ratios) // 2]:.3f}x, max {ratios[-1]:.3f}x)")
     if keep_tiles:
         print(f"tiles: {output.url(results[0]['key'].rsplit('/', 1)[0])}/ ({len(results)} .npy files)")
     else:

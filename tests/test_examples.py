@@ -27,6 +27,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -184,12 +185,18 @@ def reference_ndvi_difference(before: str, after: str, gdal_env: Optional[Dict[s
     """The whole difference in one process: full reads, the documented formula, float64."""
     import rasterio
 
-    ndvi_diff = load_example("ndvi_diff")
+    def gdal_path(scene: str, band: str) -> str:
+        # GDAL's own network drivers, independent of the storage layer the example uses.
+        url = scene.rstrip("/") + "/" + band + ".tif"
+        if url.startswith("s3://"):
+            return "/vsis3/" + url[len("s3://"):]
+        return url
+
     bands = {}
     with rasterio.Env(**(gdal_env or {})):
         for name, scene in (("before", before), ("after", after)):
             for band in ("B04", "B08"):
-                with rasterio.open(ndvi_diff.gdal_path(ndvi_diff.band_url(scene, band + ".tif"))) as src:
+                with rasterio.open(gdal_path(scene, band)) as src:
                     bands[name, band] = src.read(1)
 
     def ndvi(red: np.ndarray, nir: np.ndarray) -> np.ndarray:
@@ -353,24 +360,19 @@ class NDVIHelpersTest(unittest.TestCase):
     def setUp(self) -> None:
         self.nd = load_example("ndvi_diff")
 
-    def test_gdal_paths(self) -> None:
-        self.assertEqual(self.nd.gdal_path("s3://b/k/B04.tif"), "/vsis3/b/k/B04.tif")
-        self.assertEqual(self.nd.gdal_path("https://h/p/B04.tif"), "/vsicurl/https://h/p/B04.tif")
-        self.assertEqual(self.nd.gdal_path("file:///data/B04.tif"), "/data/B04.tif")
-        with self.assertRaisesRegex(ValueError, "redis://"):
-            self.nd.gdal_path("redis://x/y")
+    def test_parts_carry_no_credentials(self) -> None:
+        # The band files are read through the storage layer: a part keeps the non-secret
+        # storage options (an endpoint) and drops the ones the backend calls credentials.
+        import pickle
 
-    def test_gdal_options_from_storage_options_and_env_carry_no_credentials(self) -> None:
-        opts = self.nd.gdal_options(["s3://b/k"], {"endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1",
-                                                    "aws_secret_access_key": "SECRET"})
-        self.assertEqual((opts["AWS_S3_ENDPOINT"], opts["AWS_HTTPS"], opts["AWS_VIRTUAL_HOSTING"], opts["AWS_REGION"]),
-                         ("127.0.0.1:9000", "NO", "FALSE", "eu-west-1"))
-        self.assertNotIn("SECRET", json.dumps(opts))
-        with environ({"AWS_ENDPOINT_URL": "https://s3.example.test:8443", "AWS_SECRET_ACCESS_KEY": "SECRET2"}):
-            opts = self.nd.gdal_options(["s3://b/k"], {})
-        self.assertEqual((opts["AWS_S3_ENDPOINT"], opts["AWS_HTTPS"]), ("s3.example.test:8443", "YES"))
-        self.assertNotIn("SECRET2", json.dumps(opts))
-        self.assertNotIn("AWS_S3_ENDPOINT", self.nd.gdal_options(["/local/B04.tif"], {"endpoint_url": "http://x:1"}))
+        from cloudpool.formats.base import ObjectRef
+        from cloudpool.formats.cog import CogPart
+
+        obj = ObjectRef("s3://b/k/B04.tif", 10, storage_options={
+            "endpoint_url": "http://127.0.0.1:9000", "aws_secret_access_key": "SECRET"})
+        blob = pickle.dumps(CogPart([obj], 0, 1))
+        self.assertNotIn(b"SECRET", blob)
+        self.assertEqual(pickle.loads(blob).storage_options, {"endpoint_url": "http://127.0.0.1:9000"})
 
     def test_ndvi_never_divides_by_zero(self) -> None:
         red = np.array([[0, 100, 1000, 500]], dtype=np.uint16)
@@ -384,11 +386,14 @@ class NDVIHelpersTest(unittest.TestCase):
         self.assertTrue(np.isnan(shifted[0, 0]))  # NIR + RED == 0 after the offset: NaN, not inf
 
     def test_grid_windows_tile_the_scene(self) -> None:
-        windows = self.nd.grid_windows(10980, 10980, 11)
-        self.assertEqual(len(windows), 121)
+        from cloudpool.formats.cog import RasterInfo, windows
+
+        info = RasterInfo("x.tif", 0, 10980, 10980, 1, (1024, 1024), (), None, 0, {})
+        wins = windows(info, (11, 11))
+        self.assertEqual(len(wins), 121)
         covered = np.zeros((11, 11), dtype=int)
-        self.assertEqual(sum(h * w for *_ij, _r, _c, h, w in windows), 10980 * 10980)
-        for i, j, r0, c0, h, w in windows:
+        self.assertEqual(sum(h * w for *_ij, _r, _c, h, w in wins), 10980 * 10980)
+        for i, j, r0, c0, h, w in wins:
             covered[i, j] += 1
             self.assertIn(h, (998, 999))
         self.assertTrue((covered == 1).all())
@@ -445,24 +450,25 @@ class NDVIS3ExampleTest(NDVIChecks, unittest.TestCase):
             return resp.read()
 
     def test_a_call_reads_only_its_window(self) -> None:
+        from cloudpool import objects
+
         nd = load_example("ndvi_diff")
         urls = {"before_red": nd.band_url(self.scenes[0], nd.RED), "before_nir": nd.band_url(self.scenes[0], nd.NIR),
                 "after_red": nd.band_url(self.scenes[1], nd.RED), "after_nir": nd.band_url(self.scenes[1], nd.NIR)}
-        sizes = {nd.gdal_path(u).split(f"/{self.bucket}/", 1)[1]:
+        sizes = {u.split(f"{self.bucket}/", 1)[1]:
                  self.s3.head_object(Bucket=self.bucket, Key=u.split(f"{self.bucket}/", 1)[1])["ContentLength"]
                  for u in urls.values()}
-        with environ(self.env):  # the worker's own credential chain; the task carries none
-            gdal = nd.gdal_options(list(urls.values()), {})
-            i, j, r0, c0, h, w = nd.grid_windows(SCENE_SIZE, SCENE_SIZE, 11)[5 * 11 + 5]
-            task = {"row": i, "col": j, "row_off": r0, "col_off": c0, "rows": h, "cols": w,
-                    "paths": {k: nd.gdal_path(u) for k, u in urls.items()}, "gdal": gdal,
-                    "scale": 1e-4, "offset": 0.0, "output": f"s3://{self.bucket}/window-test",
-                    "output_options": {}, "tile_key": "tile.npy", "preview_step": 1}
-            self.assertNotIn(servers.S3_SECRET_KEY, json.dumps(task))
+        with environ(self.env):  # the worker's own credential chain; the part carries none
+            parts = list(objects([urls[b] for b in nd.BANDS], format="cog", grid=(11, 11), align=True))
+            self.assertEqual(len(parts), 121)
+            part = pickle.loads(pickle.dumps(parts[5 * 11 + 5]))  # as a worker gets it
+            self.assertNotIn(servers.S3_SECRET_KEY.encode(), pickle.dumps(part))
+            job = {"scale": 1e-4, "offset": 0.0, "output": f"s3://{self.bucket}/window-test",
+                   "output_options": {}, "prefix": "t", "preview_step": 1}
             self._recorder("reset-recording")
             self._recorder("start-recording")
             try:
-                result = nd.ndvi_window(task)
+                result = nd.ndvi_window(part, job)
             finally:
                 self._recorder("stop-recording")
             log = self._recorder("download-recording").decode()
@@ -486,7 +492,11 @@ class NDVIS3ExampleTest(NDVIChecks, unittest.TestCase):
             self.assertLessEqual(gets[key], 4, (key, gets[key]))
             # ... and far fewer bytes than the file holds (a window is ~1/121 of the scene).
             self.assertLess(read[key], size * 0.15, (key, read[key], size))
-        puts = [r for r in requests if r["method"] == "PUT" and r["url"].endswith("window-test/tile.npy")]
+        # The server saw what the part counted, and that is at most 1.2x the compressed
+        # tiles under the window (the rest is the four headers).
+        self.assertEqual(sum(read.values()), result["bytes_read"])
+        self.assertLessEqual(result["bytes_read"], 1.2 * result["tile_bytes"])
+        puts = [r for r in requests if r["method"] == "PUT" and r["url"].endswith("window-test/t/r005c005.npy")]
         self.assertEqual(len(puts), 1)
 
 

@@ -16,6 +16,7 @@ registered class without pulling in pyarrow or rasterio; a missing dependency su
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, List, Mapping, Optional, Tuple, Type
 
 from ..errors import MissingDependencyError
@@ -42,6 +43,13 @@ formats.register("zstd", "cloudpool.formats.text:ZstdLinesPartitioner", "zstd")
 formats.register("csv", "cloudpool.formats.csv:CsvPartitioner")
 formats.register("tsv", "cloudpool.formats.csv:TsvPartitioner")
 # -- formats registered by the formats-geo work (parquet, cog, lidar, imzml) go below --
+formats.register("parquet", "cloudpool.formats.parquet:ParquetPartitioner", "parquet")
+formats.register("cog", "cloudpool.formats.cog:CogPartitioner", "geo")
+formats.register("lidar", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
+# The same partitioner under the names users know the files by (it tells LAS from LAZ).
+formats.register("las", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
+formats.register("laz", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
+formats.register("imzml", "cloudpool.formats.imzml:ImzmlPartitioner", "imzml")
 
 
 def _classes() -> List[Tuple[str, Type[Partitioner]]]:
@@ -149,12 +157,19 @@ def _cache_for(spec: Any, storage_options: Mapping[str, Any]) -> Optional[IndexC
     return IndexCache(spec, dict(storage_options))
 
 
+def _options_of(objs: Any, url: str) -> Mapping[str, Any]:
+    """Storage options for ``url``: the configuration's section under the call's own
+    (``objects(storage_options=)``), as ``Objects`` resolves them for listing."""
+    if hasattr(objs, "options_for"):
+        return objs.options_for(url.split("://", 1)[0] if "://" in url else "file")
+    return objs.storage_options
+
+
 def partition_object(objs: Any, url: str, info: Any, part_size: Optional[int]) -> Optional[list]:
     """The parts of one listed object for an ``Objects``; ``None`` means plain lines with
     today's ``ObjectPart`` splitting (the caller does that)."""
     fmt = objs.format
-    # The configuration's options for this scheme under the call's own (objects(storage_options=)).
-    options = objs.options_for(url.split("://", 1)[0]) if hasattr(objs, "options_for") else objs.storage_options
+    options = _options_of(objs, url)
     obj = ObjectRef(url, info.size, info.etag, info.mtime, options)
     if fmt is None:
         if objs.newline is None:
@@ -185,3 +200,31 @@ def with_executor_cache(objs: Any, storage: Any) -> Any:
     out = copy.copy(objs)
     out.index_cache = IndexCache(storage.url("cloudpool-index"), storage.options)
     return out
+
+
+def spans_objects(objs: Any) -> bool:
+    """Whether ``objs``' explicit format makes parts that hold several objects at once
+    (COG windows with ``align=True``); ``objects()`` then lists everything first."""
+    if objs.format is None:
+        return False
+    return get_partitioner(objs.format, _with_newline(objs.format, objs.format_options,
+                                                      objs.newline)).spans_objects()
+
+
+def partition_all(objs: Any, listed: List[Tuple[str, Any]]) -> list:
+    """The parts of all listed ``(url, ObjectInfo)`` at once, for a format that
+    :func:`spans_objects`."""
+    fmt = objs.format
+    partitioner = get_partitioner(fmt, _with_newline(fmt, objs.format_options, objs.newline))
+    refs = [ObjectRef(url, info.size, info.etag, info.mtime, _options_of(objs, url))
+            for url, info in listed]
+    part_size = None
+    if not (objs.chunk_size or objs.chunks):  # the automatic size, as Objects computes it
+        from ..objects import AUTO_MIN_PART_SIZE, AUTO_PARTS_PER_WORKER
+        workers = objs.parallelism or os.cpu_count() or 1
+        total = sum(info.size for _url, info in listed)
+        part_size = max(AUTO_MIN_PART_SIZE, -(-total // (AUTO_PARTS_PER_WORKER * workers)))
+    ctx = PartitionContext(chunk_size=objs.chunk_size, chunks=objs.chunks, part_size=part_size,
+                           options=partitioner.options,
+                           index_cache=_cache_for(objs.index_cache, _options_of(objs, listed[0][0]) if listed else {}))
+    return list(partitioner.parts_of_all(refs, ctx))

@@ -300,6 +300,16 @@ class Partitioner(ABC):
         lower = key.lower()
         return any(lower.endswith(ext) for ext in cls.extensions)
 
+    def spans_objects(self) -> bool:
+        """Whether parts hold several objects at once (COG ``align=True``). Then
+        ``objects()`` lists every object first and calls :meth:`parts_of_all` once,
+        instead of :meth:`parts` per object. An optional capability: False by default."""
+        return False
+
+    def parts_of_all(self, objs: Sequence[ObjectRef], ctx: PartitionContext) -> List[Any]:
+        """The parts of all listed objects together (only if :meth:`spans_objects`)."""
+        raise NotImplementedError(f"format {self.name!r} partitions objects one by one")
+
     @abstractmethod
     def parts(self, obj: ObjectRef, ctx: PartitionContext) -> List[Any]:
         """The parts of one object, in order; at least one (an empty object gives one
