@@ -195,6 +195,16 @@ class LithopsSnippetTest(SnippetTestCase):
                 self.assertEqual(self.run_ok("lithops_program.py", method, cwd), expected)
 
 
+class FormatsSnippetTest(SnippetTestCase):
+    def test_gzip_csv_and_parquet_parts_cover_every_record(self) -> None:
+        expected = [str(3 * 50_000), str(sum(n % 97 for n in range(20_000))), str(sum(range(100_000)))]
+        for method in START_METHODS:
+            with self.subTest(method=method), tempfile.TemporaryDirectory() as cwd:
+                # A private cache directory: the text indexes built on first use go there.
+                env = {"XDG_CACHE_HOME": cwd}
+                self.assertEqual(self.run_ok("formats.py", method, cwd, env=env), expected)
+
+
 class PoolSnippetTest(SnippetTestCase):
     def test_same_output_as_the_stdlib_pool(self) -> None:
         with multiprocessing.get_context("spawn").Pool(2) as pool:
