@@ -247,6 +247,50 @@ class ListContract(StorageTestBase):
         self.assertEqual(next(it).key, self.key("x"))
 
 
+class LevelListContract(StorageTestBase):
+    """list_level(prefix, delimiter): one level, like ``aws s3 ls``, in key order."""
+
+    LEVEL_KEYS = ["a/1", "a/10", "a/b/c", "a/b/d", "a-b", "a.txt", "ab", "b", "c/d/e/f", "sp ace/x"]
+
+    def _level(self, prefix: str, delimiter: str = "/") -> List[str]:
+        from cloudpool.storage.base import CommonPrefix
+        return [e.prefix + " DIR" if isinstance(e, CommonPrefix) else f"{e.key} {e.size}"
+                for e in self.storage.list_level(prefix, delimiter)]
+
+    def _folded(self, prefix: str, delimiter: str = "/") -> List[str]:
+        """The same level computed by the ABC's default, from the full listing."""
+        from cloudpool.storage.base import CommonPrefix
+        return [e.prefix + " DIR" if isinstance(e, CommonPrefix) else f"{e.key} {e.size}"
+                for e in StorageBackend.list_level(self.storage, prefix, delimiter)]
+
+    def test_one_level(self) -> None:
+        for i, name in enumerate(self.LEVEL_KEYS):
+            self.seed(self.key(name), pattern(i))
+        k = self.key
+        self.assertEqual(self._level(self.prefix), [
+            f"{k('a-b')} 4", f"{k('a.txt')} 5", f"{k('a/')} DIR", f"{k('ab')} 6", f"{k('b')} 7",
+            f"{k('c/')} DIR", f"{k('sp ace/')} DIR"])
+        self.assertEqual(self._level(k("a/")), [f"{k('a/1')} 0", f"{k('a/10')} 1", f"{k('a/b/')} DIR"])
+        # A string prefix, not a folder: "a" matches a-b, a.txt, ab and the folder a/.
+        self.assertEqual(self._level(k("a")), [f"{k('a-b')} 4", f"{k('a.txt')} 5", f"{k('a/')} DIR",
+                                                f"{k('ab')} 6"])
+        self.assertEqual(self._level(k("a/b/")), [f"{k('a/b/c')} 2", f"{k('a/b/d')} 3"])
+        self.assertEqual(self._level(k("c/")), [f"{k('c/d/')} DIR"])
+        self.assertEqual(self._level(k("nothing/")), [])
+        # Sorted: SeaweedFS's full listing walks directories first ("a/1" before "a-b"),
+        # not in byte order, so the folded level comes out in that order there.
+        for prefix in (self.prefix, k("a/"), k("a"), k("c/d/"), k("s")):
+            with self.subTest(prefix=prefix):
+                self.assertEqual(sorted(self._level(prefix)), sorted(self._folded(prefix)))
+
+    def test_other_delimiter_and_bad_delimiter(self) -> None:
+        for name in ("x-1-2", "x-3", "y"):
+            self.seed(self.key(name), b"1")
+        self.assertEqual(self._level(self.key("x-"), "-"), [f"{self.key('x-1-')} DIR", f"{self.key('x-3')} 1"])
+        with self.assertRaises(ValueError):
+            list(self.storage.list_level(self.prefix, ""))
+
+
 class PagedListContract(StorageTestBase):
     """Remote listings come page by page, each page fetched only when reached."""
 
@@ -602,7 +646,8 @@ class HTTPFixture:
 
 
 # ============================================================================ generation
-REMOTE = (ReadContract, ListContract, PagedListContract, WriteContract, MissingBucketContract)
+REMOTE = (ReadContract, ListContract, LevelListContract, PagedListContract, WriteContract,
+          MissingBucketContract)
 
 
 def make_storage_tests(namespace: dict, name: str, fixture: type, contracts: Tuple[type, ...],
@@ -736,7 +781,7 @@ class HTTPExtras(StorageTestBase):
 
 
 make_storage_tests(globals(), "LocalDiskStorageTest", LocalDiskFixture,
-                   (ReadContract, ListContract, WriteContract))
+                   (ReadContract, ListContract, LevelListContract, WriteContract))
 make_storage_tests(globals(), "MotoS3StorageTest", MotoS3Fixture, REMOTE + (BadCredentialsContract,),
                    (MotoS3Extras,))
 make_storage_tests(globals(), "COSOnMotoStorageTest", COSOnMotoFixture, REMOTE + (BadCredentialsContract,),

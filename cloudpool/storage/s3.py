@@ -33,8 +33,8 @@ import botocore.config
 import botocore.exceptions
 import botocore.utils
 
-from .base import (TRANSIENT_HTTP_STATUSES, Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry,
-                   positive_int_option)
+from .base import (TRANSIENT_HTTP_STATUSES, Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend,
+                   StorageRetry, check_delimiter, positive_int_option)
 
 __all__ = ["S3Storage", "S3CompatibleStorage"]
 
@@ -332,7 +332,16 @@ class S3CompatibleStorage(StorageBackend):
         )
 
     def list(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        return self._list_pages(prefix, start_after, None)  # type: ignore[return-value]
+
+    def list_level(self, prefix: str = "", delimiter: str = "/") -> Iterator[Any]:
+        # ListObjectsV2 with a Delimiter: a folder of a million keys costs one entry.
+        return self._list_pages(prefix, None, check_delimiter(delimiter))
+
+    def _list_pages(self, prefix: str, start_after: Optional[str], delimiter: Optional[str]) -> Iterator[Any]:
         kwargs: Dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
         if start_after:
             kwargs["StartAfter"] = start_after
         kwargs["MaxKeys"] = self.list_page_size
@@ -341,14 +350,20 @@ class S3CompatibleStorage(StorageBackend):
         try:
             while True:
                 page = self._call(lambda: self.client.list_objects_v2(**kwargs))
+                entries: list = []
                 for item in page.get("Contents", ()):
                     modified = item.get("LastModified")
-                    yield ObjectInfo(
+                    entries.append(ObjectInfo(
                         key=item["Key"],
                         size=int(item["Size"]),
                         etag=(item.get("ETag") or "").strip('"') or None,
                         mtime=modified.timestamp() if modified is not None else None,
-                    )
+                    ))
+                # A page holds its objects and folders as two lists, each in key order.
+                entries.extend(CommonPrefix(p["Prefix"]) for p in page.get("CommonPrefixes", ()))
+                if delimiter:
+                    entries.sort(key=lambda e: e.key if isinstance(e, ObjectInfo) else e.prefix)
+                yield from entries
                 if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
                     return
                 kwargs["ContinuationToken"] = page["NextContinuationToken"]
