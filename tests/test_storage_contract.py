@@ -26,6 +26,7 @@ credentials, so that case is not tested for GCS.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -33,6 +34,7 @@ import shutil
 import tempfile
 import time
 import unittest
+import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Dict, List, Tuple
@@ -645,6 +647,20 @@ class HTTPFixture:
             f.write(data)
 
 
+class RedisFixture:
+    """The shared redis-server: one key prefix per class in database 0 (Redis has no buckets)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        from cloudpool.storage.redisdb import RedisStorage
+
+        server = servers.redis_server()
+        cls.storage = RedisStorage(f"{server.host}:{server.port}")
+        cls.base_prefix = f"0/{unique_bucket('redis')}/"
+        cls.addClassCleanup(cls.storage.delete_prefix, cls.base_prefix)  # type: ignore[attr-defined]
+
+
 # ============================================================================ generation
 REMOTE = (ReadContract, ListContract, LevelListContract, PagedListContract, WriteContract,
           MissingBucketContract)
@@ -780,6 +796,111 @@ class HTTPExtras(StorageTestBase):
             self.assertEqual(self.storage.get(k, 3, 6), b"345")
 
 
+class RedisExtras(StorageTestBase):
+    """Redis specifics: URL layout, the 512 MiB value limit, databases, passwords."""
+
+    def test_keys_are_plain_string_values_in_the_database(self) -> None:
+        import redis
+        server = servers.redis_server()
+        k = self.key("plain")
+        self.storage.put(k, b"stored by cloudpool")
+        raw = redis.Redis(host=server.host, port=server.port, db=0)
+        self.assertEqual(raw.get(k[len("0/"):]), b"stored by cloudpool")
+        # Written by another tool (redis-cli, Lithops...): readable and listed like any object.
+        raw.set(self.key("foreign")[len("0/"):], b"written elsewhere")
+        raw.hset(self.key("a-hash")[len("0/"):], "f", "v")  # not a string: not an object
+        self.assertEqual([i.key for i in self.storage.list(self.prefix)], [self.key("foreign"), k])
+        with self.assertRaises(OSError) as cm:
+            self.storage.get(self.key("a-hash"))
+        self.assertMentions(cm.exception, self.storage.url(self.key("a-hash")), "hash", "not a string")
+        raw.close()
+
+    def test_other_database_and_listing_across_databases(self) -> None:
+        k3 = "3/" + self.prefix[2:] + "in-db3"
+        self.storage.put(k3, b"three")
+        self.addCleanup(self.storage.delete, [k3])
+        self.assertEqual(self.storage.get(k3, 1, 3), b"hr")
+        self.assertEqual([i.key for i in self.storage.list("3/" + self.prefix[2:])], [k3])
+        self.assertIn(k3, [i.key for i in self.storage.list("")])
+        with self.assertRaises(FileNotFoundError) as cm:
+            self.storage.get("999/" + self.prefix[2:] + "x")
+        self.assertMentions(cm.exception, "redis://", "database '999' does not exist")
+
+    def test_key_without_a_database_number_is_refused(self) -> None:
+        with self.assertRaises(ValueError) as cm:
+            self.storage.put("no-db-here", b"x")
+        self.assertMentions(cm.exception, "redis://", "/DB/", "database number")
+
+    def test_values_over_the_limit_are_refused_before_sending(self) -> None:
+        from cloudpool.storage.redisdb import REDIS_MAX_VALUE
+        self.assertEqual(REDIS_MAX_VALUE, 512 * MiB)
+        k = self.key("big")
+        with mock.patch.object(self.storage, "max_value_size", 1000):
+            for call in (lambda: self.storage.put(k, b"x" * 1001),
+                         lambda: self.storage.put_file(k, io.BytesIO(b"x" * 5000))):
+                with self.assertRaises(OSError) as cm:
+                    call()
+                self.assertEqual(cm.exception.errno, errno.EFBIG)
+                self.assertMentions(cm.exception, self.storage.url(k), "at most 1000 bytes",
+                                    "proto-max-bulk-len")
+            self.storage.put(k, b"x" * 1000)  # at the limit: fine
+        self.assertEqual(self.storage.head(k).size, 1000)
+
+    def test_password_in_the_url_is_used_and_never_travels(self) -> None:
+        import pickle
+        from cloudpool import objects
+        from cloudpool.storage import split_url, storage_for
+        from cloudpool.storage.redisdb import _url_credentials
+
+        auth = servers.redis_auth_server()
+        secret = auth.user_password
+        url = (f"redis://{auth.user}:{urllib.parse.quote(secret, safe='')}"
+               f"@{auth.host}:{auth.port}/0/{self.prefix[2:]}texts/")
+        st, key = storage_for(url + "a.txt")
+        st.put(key, b"line 1\nline 2\n")
+        self.assertNotIn(secret, st.url(key))
+        self.assertEqual(st.public_options(), {})
+        parts = list(objects(url, chunks=2))
+        self.assertEqual(b"".join(p.read() for p in parts), b"line 1\nline 2\n")
+        for part in parts:
+            self.assertNotIn(secret.encode(), pickle.dumps(part))
+            self.assertNotIn(secret, part.url)
+        # A fresh process learns the password from the environment the client exported.
+        with mock.patch.dict(_url_credentials, clear=True):
+            fresh = storages.get("redis")(split_url(st.url())[1])
+            self.assertEqual(fresh.get(key), b"line 1\nline 2\n")
+        st.delete([key])
+
+    def test_wrong_or_missing_password_is_a_permission_error(self) -> None:
+        from cloudpool.storage.redisdb import RedisStorage
+        auth = servers.redis_auth_server()
+        hostport = f"{auth.host}:{auth.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("_CLOUDPOOL_REDIS_AUTH_")}
+        with mock.patch.dict(os.environ, env, clear=True), \
+                mock.patch.dict("cloudpool.storage.redisdb._url_credentials", clear=True):
+            for what, st in (("no password", RedisStorage(hostport)),
+                             ("wrong password", RedisStorage(hostport, password="wrong"))):
+                for name, call in (("get", lambda: st.get("0/k")), ("put", lambda: st.put("0/k", b"x")),
+                                   ("list", lambda: list(st.list("0/"))), ("check", st.check),
+                                   ("delete", lambda: st.delete(["0/k"]))):
+                    with self.subTest(what=what, call=name):
+                        with self.assertRaises(PermissionError) as cm:
+                            call()
+                        self.assertMentions(cm.exception, f"redis://{hostport}/", "password")
+            ok = RedisStorage(hostport, password=auth.password)
+            ok.check()
+
+    def test_unreachable_server_fails_within_the_retry_bound(self) -> None:
+        from cloudpool.storage.redisdb import RedisStorage
+        st = RedisStorage(f"127.0.0.1:{servers.free_port()}", max_attempts=2)
+        started = time.monotonic()
+        with self.assertRaises(OSError) as cm:
+            st.get("0/k")
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertNotIsInstance(cm.exception, (FileNotFoundError, PermissionError))
+        self.assertMentions(cm.exception, st.url("0/k"), "after 2 attempts")
+
+
 make_storage_tests(globals(), "LocalDiskStorageTest", LocalDiskFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract))
 make_storage_tests(globals(), "MotoS3StorageTest", MotoS3Fixture, REMOTE + (BadCredentialsContract,),
@@ -791,6 +912,8 @@ make_storage_tests(globals(), "SeaweedFSS3StorageTest", SeaweedFSS3Fixture, REMO
 make_storage_tests(globals(), "GCSStorageTest", GCSFixture, REMOTE, (GCSExtras,))
 make_storage_tests(globals(), "AzureStorageTest", AzureFixture, REMOTE + (BadCredentialsContract,),
                    (AzureExtras,))
+make_storage_tests(globals(), "RedisStorageTest", RedisFixture,
+                   (ReadContract, ListContract, LevelListContract, WriteContract), (RedisExtras,))
 make_storage_tests(globals(), "HTTPStorageTest", HTTPFixture, (ReadContract, ReadOnlyContract),
                    (HTTPExtras,))
 
@@ -807,6 +930,7 @@ class SecretOptionsTest(unittest.TestCase):
             "http": {"headers"},
             "https": {"headers"},
             "file": set(),
+            "redis": {"password"},
         }
         for scheme, secrets in expected.items():
             with self.subTest(scheme=scheme):

@@ -25,6 +25,7 @@ storages.register("gs", "cloudpool.storage.gcs:GCSStorage", "gcp")
 storages.register("az", "cloudpool.storage.azure:AzureBlobStorage", "azure")
 storages.register("http", "cloudpool.storage.http:HTTPStorage", "http")
 storages.register("https", "cloudpool.storage.http:HTTPSStorage", "http")
+storages.register("redis", "cloudpool.storage.redisdb:RedisStorage", "redis")
 
 _cache: Dict[Tuple[str, str, str], StorageBackend] = {}
 _cache_lock = threading.Lock()
