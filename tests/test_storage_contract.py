@@ -661,6 +661,32 @@ class RedisFixture:
         cls.addClassCleanup(cls.storage.delete_prefix, cls.base_prefix)  # type: ignore[attr-defined]
 
 
+class FsspecMemoryFixture:
+    """fsspec's memory:// through the registry's fallback (one process only: client-side)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        from cloudpool.storage import storage_for
+
+        cls.storage, _ = storage_for(f"memory://{unique_bucket('mem')}/")
+        cls.addClassCleanup(cls.storage.delete_prefix, "")  # type: ignore[attr-defined]
+
+
+class FTPFixture:
+    """ftp:// through fsspec against pyftpdlib on loopback, credentials in the URL."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        from cloudpool.storage import storage_for
+
+        ftp = servers.ftp_server()
+        cls.storage, _ = storage_for(f"ftp://{ftp.user}:{ftp.password}@{ftp.host}:{ftp.port}/")
+        cls.base_prefix = unique_bucket("ftp") + "/"
+        cls.addClassCleanup(cls.storage.delete_prefix, cls.base_prefix)  # type: ignore[attr-defined]
+
+
 # ============================================================================ generation
 REMOTE = (ReadContract, ListContract, LevelListContract, PagedListContract, WriteContract,
           MissingBucketContract)
@@ -850,7 +876,7 @@ class RedisExtras(StorageTestBase):
         import pickle
         from cloudpool import objects
         from cloudpool.storage import split_url, storage_for
-        from cloudpool.storage.redisdb import _url_credentials
+        from cloudpool.storage import _urlauth
 
         auth = servers.redis_auth_server()
         secret = auth.user_password
@@ -866,7 +892,7 @@ class RedisExtras(StorageTestBase):
             self.assertNotIn(secret.encode(), pickle.dumps(part))
             self.assertNotIn(secret, part.url)
         # A fresh process learns the password from the environment the client exported.
-        with mock.patch.dict(_url_credentials, clear=True):
+        with mock.patch.dict(_urlauth._remembered, clear=True):
             fresh = storages.get("redis")(split_url(st.url())[1])
             self.assertEqual(fresh.get(key), b"line 1\nline 2\n")
         st.delete([key])
@@ -877,7 +903,7 @@ class RedisExtras(StorageTestBase):
         hostport = f"{auth.host}:{auth.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("_CLOUDPOOL_REDIS_AUTH_")}
         with mock.patch.dict(os.environ, env, clear=True), \
-                mock.patch.dict("cloudpool.storage.redisdb._url_credentials", clear=True):
+                mock.patch.dict("cloudpool.storage._urlauth._remembered", clear=True):
             for what, st in (("no password", RedisStorage(hostport)),
                              ("wrong password", RedisStorage(hostport, password="wrong"))):
                 for name, call in (("get", lambda: st.get("0/k")), ("put", lambda: st.put("0/k", b"x")),
@@ -901,6 +927,72 @@ class RedisExtras(StorageTestBase):
         self.assertMentions(cm.exception, st.url("0/k"), "after 2 attempts")
 
 
+class FsspecExtras(StorageTestBase):
+    """The fsspec bridge: found through the registry's fallback; native schemes win."""
+
+    def test_fallback_serves_the_scheme_and_natives_win(self) -> None:
+        from cloudpool.storage.fsspec_bridge import FsspecStorage
+        self.assertIsInstance(self.storage, FsspecStorage)
+        self.assertEqual(self.storage.url(self.key("x")).split("://")[0], self.storage.scheme)
+        for native in ("s3", "file", "http", "gs", "az", "redis"):
+            self.assertFalse(issubclass(storages.get(native), FsspecStorage), native)
+        with self.assertRaises(ValueError) as cm:
+            storages.get("nosuchscheme")
+        self.assertMentions(cm.exception, "unknown storage 'nosuchscheme'", "fsspec")
+
+    def test_ranged_reads_use_cat_file(self) -> None:
+        k = self.key("obj")
+        self.storage.put(k, pattern(1000))
+        calls = []
+        real = type(self.storage.fs).cat_file
+
+        def spy(fs, path, start=None, end=None, **kw):
+            calls.append((start, end))
+            return real(fs, path, start, end, **kw)
+
+        with mock.patch.object(type(self.storage.fs), "cat_file", spy):
+            self.assertEqual(self.storage.get(k, 100, 300), pattern(1000)[100:300])
+        self.assertEqual(calls, [(100, 300)])
+
+
+class FTPExtras(StorageTestBase):
+    """ftp:// specifics: the password stays out of URLs and parts; refusals are PermissionError."""
+
+    def test_password_never_travels(self) -> None:
+        import pickle
+        from cloudpool import objects
+        ftp = servers.ftp_server()
+        k = self.key("t.txt")
+        self.storage.put(k, b"a\nb\nc\n")
+        self.assertNotIn(ftp.password, self.storage.url(k))
+        parts = list(objects(self.storage.url(self.prefix), chunks=2))
+        self.assertEqual(b"".join(p.read() for p in parts), b"a\nb\nc\n")
+        for part in parts:
+            self.assertNotIn(ftp.password.encode(), pickle.dumps(part))
+        self.assertEqual(self.storage.public_options(), {})
+
+    def test_wrong_password_is_a_permission_error(self) -> None:
+        from cloudpool.storage import get_storage
+        ftp = servers.ftp_server()
+        st = get_storage("ftp", f"{ftp.host}:{ftp.port}", {"username": ftp.user, "password": "wrong"})
+        self.assertEqual(st.public_options(), {"username": ftp.user})
+        for name, call in (("get", lambda: st.get("k")), ("put", lambda: st.put("k", b"x")),
+                           ("list", lambda: list(st.list(""))), ("check", st.check)):
+            with self.subTest(call=name):
+                with self.assertRaises(PermissionError) as cm:
+                    call()
+                self.assertMentions(cm.exception, f"ftp://{ftp.host}:{ftp.port}/")
+
+    def test_unreachable_server_fails_within_the_retry_bound(self) -> None:
+        from cloudpool.storage import get_storage
+        st = get_storage("ftp", f"127.0.0.1:{servers.free_port()}", {"max_attempts": 2})
+        started = time.monotonic()
+        with self.assertRaises(OSError) as cm:
+            st.get("k")
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertMentions(cm.exception, "ftp://127.0.0.1:", "after 2 attempts")
+
+
 make_storage_tests(globals(), "LocalDiskStorageTest", LocalDiskFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract))
 make_storage_tests(globals(), "MotoS3StorageTest", MotoS3Fixture, REMOTE + (BadCredentialsContract,),
@@ -914,6 +1006,10 @@ make_storage_tests(globals(), "AzureStorageTest", AzureFixture, REMOTE + (BadCre
                    (AzureExtras,))
 make_storage_tests(globals(), "RedisStorageTest", RedisFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract), (RedisExtras,))
+make_storage_tests(globals(), "FsspecMemoryStorageTest", FsspecMemoryFixture,
+                   (ReadContract, ListContract, LevelListContract, WriteContract), (FsspecExtras,))
+make_storage_tests(globals(), "FTPStorageTest", FTPFixture,
+                   (ReadContract, ListContract, LevelListContract, WriteContract), (FsspecExtras, FTPExtras))
 make_storage_tests(globals(), "HTTPStorageTest", HTTPFixture, (ReadContract, ReadOnlyContract),
                    (HTTPExtras,))
 

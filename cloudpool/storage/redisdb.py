@@ -38,15 +38,14 @@ import errno
 import itertools
 import os
 import re
-import threading
 from typing import Any, BinaryIO, ClassVar, Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
-from urllib.parse import quote, unquote
 
 import redis
 import redis.exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import _urlauth
 from .base import Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry, positive_int_option
 
 __all__ = ["RedisStorage"]
@@ -55,21 +54,6 @@ MiB = 1024 * 1024
 
 #: Redis' default proto-max-bulk-len: the largest string value a server accepts.
 REDIS_MAX_VALUE = 512 * MiB
-
-_url_credentials: Dict[str, Tuple[Optional[str], str]] = {}
-_url_credentials_lock = threading.Lock()
-
-
-def _auth_variable(hostport: str) -> str:
-    return "_CLOUDPOOL_REDIS_AUTH_" + re.sub(r"[^A-Za-z0-9]", "_", hostport)
-
-
-def _remember(hostport: str, username: Optional[str], password: str) -> None:
-    with _url_credentials_lock:
-        _url_credentials[hostport] = (username, password)
-    # Inherited by local worker processes, whatever their start method.
-    os.environ[_auth_variable(hostport)] = f"{quote(username or '', safe='')}:{quote(password, safe='')}"
-
 
 def _glob_escape(text: str) -> str:
     """``text`` as a literal inside a SCAN MATCH pattern."""
@@ -99,7 +83,7 @@ class RedisStorage(StorageBackend):
     list_page_size: ClassVar[int] = 1000
 
     def __init__(self, bucket: str, **options: Any) -> None:
-        userinfo, _, hostport = bucket.rpartition("@")
+        hostport = _urlauth.split("redis", bucket)
         super().__init__(hostport, **options)
         host, _, port = hostport.rpartition(":")
         if not host or not port.isdigit():
@@ -108,11 +92,6 @@ class RedisStorage(StorageBackend):
                              f"redis://127.0.0.1:6379/0/data/")
         self.host = host.strip("[]")
         self.port = int(port)
-        if userinfo:
-            user, has_password, password = userinfo.partition(":")
-            if not has_password:  # redis://password@host, as redis-cli's -u accepts
-                user, password = "", user
-            _remember(hostport, unquote(user) or None, unquote(password))
         self.max_attempts = positive_int_option("redis", "max_attempts", options.get("max_attempts", 6))
         self._retry = StorageRetry(attempts=self.max_attempts)
         self._clients: PerProcess[Dict[int, Any]] = PerProcess(dict)
@@ -122,14 +101,9 @@ class RedisStorage(StorageBackend):
         """Options first, then a URL seen in this process, then the environment."""
         if self.options.get("password") is not None:
             return self.options.get("username"), self.options["password"]
-        with _url_credentials_lock:
-            remembered = _url_credentials.get(self.bucket)
+        remembered = _urlauth.lookup("redis", self.bucket)
         if remembered:
             return remembered
-        exported = os.environ.get(_auth_variable(self.bucket))
-        if exported:
-            user, _, password = exported.partition(":")
-            return unquote(user) or None, unquote(password)
         return (self.options.get("username") or os.environ.get("REDIS_USERNAME"),
                 os.environ.get("REDIS_PASSWORD"))
 
