@@ -54,6 +54,8 @@ _SDK_THROTTLING_CODES = frozenset({
     "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
     "BandwidthLimitExceeded", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
 })
+#: botocore's bucket addressing: in the host name ("virtual"), in the path, or its choice.
+ADDRESSING_STYLES = ("auto", "path", "virtual")
 #: botocore's retry modes; "legacy" is botocore's old default, kept for completeness.
 RETRY_MODES = ("standard", "adaptive", "legacy")
 #: Tries per request, the first included. botocore waits rand(0, 1) * min(2**n, 20) s
@@ -407,7 +409,7 @@ class S3Storage(S3CompatibleStorage):
     sdk = BOTO3
     option_names: ClassVar[FrozenSet[str]] = frozenset({
         "endpoint_url", "region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-        "max_attempts", "retry_mode",
+        "max_attempts", "retry_mode", "addressing_style", "payload_signing",
     })
     secret_option_names: ClassVar[FrozenSet[str]] = frozenset({
         "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
@@ -425,8 +427,28 @@ class S3Storage(S3CompatibleStorage):
             "aws_session_token": o.get("aws_session_token"),
         }
 
+    def __init__(self, bucket: str, **options: Any) -> None:
+        super().__init__(bucket, **options)
+        style = options.get("addressing_style", "auto")
+        if style not in ADDRESSING_STYLES:
+            raise ValueError(f"s3:// storage option 'addressing_style' must be one of "
+                             f"{', '.join(ADDRESSING_STYLES)}, not {style!r} (MinIO and Ceph RGW "
+                             f"behind a plain host name or IP need 'path')")
+        signing = options.get("payload_signing", True)
+        if not isinstance(signing, bool):
+            raise ValueError(f"s3:// storage option 'payload_signing' must be true or false, not {signing!r}")
+
     def _config_kwargs(self) -> Dict[str, Any]:
         kwargs = super()._config_kwargs()
+        # S3-compatible servers (MinIO, Ceph RGW, SeaweedFS) answer at one host name or
+        # IP: "path" puts the bucket in the path (http://host:9000/bucket/key) instead of
+        # the host name (bucket.host), which needs wildcard DNS the servers seldom have.
+        # payload_signing=False sends UNSIGNED-PAYLOAD instead of the body's SHA-256,
+        # saving a pass over each upload; the signature still covers the headers.
+        s3: Dict[str, Any] = {"addressing_style": self.options.get("addressing_style", "auto")}
+        if self.options.get("payload_signing") is False:
+            s3["payload_signing_enabled"] = False
+        kwargs["s3"] = s3
         # Since botocore 1.36 every upload carries a CRC checksum by default, which
         # several S3-compatible servers reject; send one only when an API requires it.
         kwargs["request_checksum_calculation"] = "when_required"
