@@ -45,7 +45,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "Server", "moto_s3", "seaweedfs", "azurite", "fake_gcs", "redis_server", "http_server",
-    "free_port", "stop_all", "INSTALL_HINT", "redis_auth_server", "ftp_server",
+    "free_port", "stop_all", "INSTALL_HINT", "redis_auth_server", "ftp_server", "swift_server",
 ]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -590,6 +590,47 @@ class FTPServer(Server):
 def ftp_server() -> FTPServer:
     """The shared pyftpdlib FTP server."""
     return _shared("ftp", FTPServer)  # type: ignore[return-value]
+
+
+class SwiftServer(Server):
+    """OpenStack Swift all-in-one (tests/swift_aio.py): proxy with tempauth, one replica."""
+
+    name = "swift"
+    user = "test:tester"
+    key = "testing"
+
+    def command(self) -> List[str]:
+        for module in ("swift", "swiftclient"):
+            if importlib.util.find_spec(module) is None:
+                raise RuntimeError(f"{module} is not installed: {INSTALL_HINT}")
+        _find_binary("memcached", "/usr/bin/memcached")
+        return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "swift_aio.py"),
+                self.workdir, str(self.port)]
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://{self.host}:{self.port}/auth/v1.0"
+
+    def ready(self) -> bool:
+        # The proxy answers first; an authenticated HEAD of the account needs every server.
+        req = urllib.request.Request(self.auth_url, headers={"X-Auth-User": self.user, "X-Auth-Key": self.key})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                storage_url, token = resp.headers["X-Storage-Url"], resp.headers["X-Auth-Token"]
+            head = urllib.request.Request(storage_url, method="HEAD", headers={"X-Auth-Token": token})
+            with urllib.request.urlopen(head, timeout=2) as resp:
+                return resp.status in (200, 204)
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError, KeyError):
+            return False
+
+    @property
+    def env(self) -> Dict[str, str]:
+        return {"ST_AUTH": self.auth_url, "ST_USER": self.user, "ST_KEY": self.key}
+
+
+def swift_server() -> SwiftServer:
+    """The shared Swift all-in-one."""
+    return _shared("swift", SwiftServer)  # type: ignore[return-value]
 
 
 def http_server(directory: str) -> RangeHTTPServer:
