@@ -89,11 +89,12 @@ class Registry(Generic[T]):
                 return found
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            more = ""
             if self._fallback is not None and self._fallback[1]:
-                hint += (f"; other schemes work through the package of cloudpool[{self._fallback[1]}] "
-                         f"when it and an implementation for {name!r} are installed")
+                more = (f"; and, with cloudpool[{self._fallback[1]}] installed, any scheme "
+                        f"{self._fallback[1]} has an implementation for")
             raise ValueError(
-                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}{more}"
             )
         path, extra = self._known[name]
         module_name, _, attr = path.partition(":")

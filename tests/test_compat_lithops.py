@@ -415,7 +415,7 @@ class FunctionExecutorTest(unittest.TestCase):
             (lambda: f.map(uses_storage, [1]), "'storage'", "cloudpool.Storage"),
             (lambda: f.call_async(line_count, "s3://b/k"), "call_async with an obj URL", "map()"),
             (lambda: f.map_reduce(add, [1], total, reduce_runtime_memory=512), "reduce_runtime_memory", "memory"),
-            (lambda: f.map(line_count, "ftp://b/k"), "unknown storage 'ftp'", "aws_s3"),
+            (lambda: f.map(line_count, "gopher://b/k"), "unknown storage 'gopher'", "aws_s3"),
             (lambda: f.plot(), "plot()", "stats()"),
             (lambda: lithops.FunctionExecutor(config_file="lithops.yaml"), "config_file", "CLOUDPOOL_CONFIG"),
             (lambda: lithops.FunctionExecutor(monitoring="rabbitmq"), "monitoring='rabbitmq'", "storage"),
