@@ -109,6 +109,9 @@ class FsspecStorage(StorageBackend):
                 if password:
                     kwargs.setdefault("password", password)
             kwargs.update({k: v for k, v in self.options.items() if k not in _OWN_OPTIONS})
+            # fsspec caches directory listings per instance; other writers (workers, other
+            # threads) would stay invisible to list/head/exists.
+            kwargs.setdefault("use_listings_cache", False)
             self._local.fs = self._cls(skip_instance_cache=True, **kwargs)
             self._local.pid = pid
         return self._local.fs
@@ -154,7 +157,11 @@ class FsspecStorage(StorageBackend):
             fs = self.fs
             parent = fs._parent(path)
             if parent and not fs.exists(parent):
-                fs.makedirs(parent, exist_ok=True)
+                try:
+                    fs.makedirs(parent, exist_ok=True)
+                except Exception:  # noqa: BLE001 - another writer may have made it meanwhile
+                    if not fs.exists(parent):
+                        raise
             try:
                 fs.pipe_file(tmp, body)
                 fs.mv(tmp, path)
