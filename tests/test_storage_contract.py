@@ -37,7 +37,7 @@ import unittest
 import urllib.parse
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, Dict, List, Tuple
+from typing import Any, ClassVar, Dict, List, Tuple
 from unittest import mock
 
 from cloudpool.storage import get_storage, storages
@@ -680,6 +680,27 @@ class SwiftFixture(_RemoteFixture):
         return [("wrong key", self.make_storage(self.storage.bucket, key="wrong"))]
 
 
+class InfinispanFixture:
+    """A fake of Infinispan's documented REST v2 requests (tests/fake_infinispan.py): no
+    Infinispan server runs here, so this is a contract test of the requests only."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()  # type: ignore[misc]
+        from cloudpool.storage.infinispan import InfinispanStorage
+        from tests.fake_infinispan import PASSWORD, USER, FakeInfinispan
+
+        cls.fake = FakeInfinispan()
+        cls.addClassCleanup(cls.fake.close)  # type: ignore[attr-defined]
+        cache = unique_bucket("ispn")
+        cls.fake.caches[cache] = {}
+        cls.storage = InfinispanStorage(f"127.0.0.1:{cls.fake.port}", username=USER, password=PASSWORD)
+        cls.base_prefix = cache + "/"
+
+    def missing_bucket_storage(self) -> StorageBackend:
+        raise NotImplementedError
+
+
 class FsspecMemoryFixture:
     """fsspec's memory:// through the registry's fallback (one process only: client-side)."""
 
@@ -989,6 +1010,68 @@ class SwiftExtras(StorageTestBase):
         self.assertEqual(set(self.storage.public_options()), {"auth_url", "user"})
 
 
+class InfinispanExtras(StorageTestBase):
+    """The exact requests of the documented REST v2 API, missing caches, auth, retries."""
+
+    fake: ClassVar[Any]
+
+    def test_exact_requests(self) -> None:
+        cache = self.prefix.partition("/")[0]
+        k = self.key("dir/a b+c.txt")
+        del self.fake.requests[:]
+        self.storage.put(k, b"0123456789")
+        self.assertEqual(self.storage.get(k, 2, 5), b"234")
+        self.assertEqual(self.storage.head(k).size, 10)
+        self.assertEqual([i.key for i in self.storage.list(self.key("dir/"))], [k])
+        self.storage.delete([k])
+        entry = f"/rest/v2/caches/{cache}/" + urllib.parse.quote(k.partition("/")[2], safe="")
+        self.assertEqual(self.fake.requests, [
+            ("PUT", entry), ("GET", entry), ("HEAD", entry),
+            ("GET", f"/rest/v2/caches/{cache}?action=keys"), ("HEAD", entry),
+            ("DELETE", entry)])
+
+    def test_missing_cache_is_named(self) -> None:
+        with self.assertRaises(FileNotFoundError) as cm:
+            self.storage.get("no-such-cache/k")
+        self.assertMentions(cm.exception, "infinispan://", "cache 'no-such-cache' does not exist")
+        with self.assertRaises(FileNotFoundError) as cm:
+            self.storage.get(self.key("absent"))
+        self.assertMentions(cm.exception, "no such object")
+
+    def test_wrong_password_is_a_permission_error_and_never_retried(self) -> None:
+        from cloudpool.storage.infinispan import InfinispanStorage
+        st = InfinispanStorage(self.storage.bucket, username="admin", password="wrong")
+        del self.fake.requests[:]
+        with self.assertRaises(PermissionError) as cm:
+            st.get(self.key("k"))
+        self.assertMentions(cm.exception, st.url(self.key("k")), "password")
+        self.assertEqual(len(self.fake.requests), 1)
+        self.assertEqual(st.public_options(), {"username": "admin"})
+
+    def test_transient_errors_are_retried_within_the_bound(self) -> None:
+        from cloudpool.storage.base import StorageRetry
+        k = self.key("flaky")
+        self.storage.put(k, b"ok")
+        fast = StorageRetry(attempts=3, backoff=0.01, backoff_max=0.02)
+        with mock.patch.object(self.storage, "_retry", fast):
+            self.fake.fail_next(503, 2)
+            self.assertEqual(self.storage.get(k), b"ok")  # third try succeeds
+            self.fake.fail_next(503, 3)
+            with self.assertRaises(OSError) as cm:
+                self.storage.get(k)
+            self.assertMentions(cm.exception, self.storage.url(k), "after 3 attempts")
+            self.fake.fail_next(400, 1)
+            del self.fake.requests[:]
+            with self.assertRaises(OSError):
+                self.storage.get(k)
+            self.assertEqual(len(self.fake.requests), 1)  # a 4xx is not retried
+
+    def test_key_without_a_cache_is_refused(self) -> None:
+        with self.assertRaises(ValueError) as cm:
+            self.storage.put("nocache", b"x")
+        self.assertMentions(cm.exception, "CACHE/KEY")
+
+
 class FsspecExtras(StorageTestBase):
     """The fsspec bridge: found through the registry's fallback; native schemes win."""
 
@@ -1085,6 +1168,8 @@ make_storage_tests(globals(), "RedisStorageTest", RedisFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract), (RedisExtras,))
 make_storage_tests(globals(), "SwiftStorageTest", SwiftFixture, REMOTE + (BadCredentialsContract,),
                    (SwiftExtras,))
+make_storage_tests(globals(), "InfinispanContractTest", InfinispanFixture,
+                   (ReadContract, ListContract, LevelListContract, WriteContract), (InfinispanExtras,))
 make_storage_tests(globals(), "FsspecMemoryStorageTest", FsspecMemoryFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract), (FsspecExtras,))
 make_storage_tests(globals(), "FTPStorageTest", FTPFixture,
@@ -1107,6 +1192,7 @@ class SecretOptionsTest(unittest.TestCase):
             "file": set(),
             "redis": {"password"},
             "swift": {"key", "auth_token"},
+            "infinispan": {"password"},
         }
         for scheme, secrets in expected.items():
             with self.subTest(scheme=scheme):
