@@ -701,6 +701,30 @@ class InfinispanFixture:
         raise NotImplementedError
 
 
+class OSSFixture(_RemoteFixture):
+    """A fake of OSS's documented requests (tests/fake_oss.py): no OSS is reachable here,
+    so this is a contract test of the requests oss2 sends, not of OSS itself."""
+
+    bucket_tag = "oss"
+    fake: ClassVar[Any] = None
+
+    @classmethod
+    def make_storage(cls, bucket: str, key_id: str = "") -> StorageBackend:
+        from cloudpool.storage.oss import OSSStorage
+        from tests.fake_oss import KEY_ID, KEY_SECRET, FakeOSS
+        if OSSFixture.fake is None:
+            OSSFixture.fake = FakeOSS()
+        return OSSStorage(bucket, endpoint=OSSFixture.fake.endpoint, access_key_id=key_id or KEY_ID,
+                          access_key_secret=KEY_SECRET)
+
+    @classmethod
+    def create_bucket(cls, storage: StorageBackend) -> None:
+        OSSFixture.fake.buckets[storage.bucket] = {}
+
+    def bad_credentials_storages(self) -> List[Tuple[str, StorageBackend]]:
+        return [("unknown access key id", self.make_storage(self.storage.bucket, key_id="LTAIunknown"))]
+
+
 class FsspecMemoryFixture:
     """fsspec's memory:// through the registry's fallback (one process only: client-side)."""
 
@@ -1072,6 +1096,34 @@ class InfinispanExtras(StorageTestBase):
         self.assertMentions(cm.exception, "CACHE/KEY")
 
 
+class OSSExtras(StorageTestBase):
+    """The exact requests: path-style, standard range behaviour, ListObjects paging."""
+
+    def test_exact_requests(self) -> None:
+        fake = OSSFixture.fake
+        b = self.storage.bucket
+        k = self.key("r")
+        self.storage.put(k, pattern(100))
+        del fake.requests[:], fake.range_behaviors[:]
+        self.assertEqual(self.storage.get(k, 10, 20), pattern(100)[10:20])
+        self.assertEqual(self.storage.get(k, 200), b"")
+        self.assertEqual(self.storage.get(k), pattern(100))
+        path = f"/{b}/" + urllib.parse.quote(k, safe="")  # oss2 encodes "/" in keys too
+        self.assertEqual([(m, p.split("?")[0], r) for m, p, r in fake.requests],
+                         [("GET", path, "bytes=10-19"), ("GET", path, "bytes=200-"), ("GET", path, None)])
+        # Without "standard", OSS answers a range past the end with the whole object.
+        self.assertEqual(fake.range_behaviors, ["standard", "standard", None])
+
+    def test_credentials_are_secret(self) -> None:
+        self.assertEqual(set(self.storage.public_options()), {"endpoint"})
+
+    def test_invalid_bucket_name_is_refused_early(self) -> None:
+        from cloudpool.storage.oss import OSSStorage
+        with self.assertRaises(ValueError) as cm:
+            OSSStorage("Bad_Bucket")
+        self.assertMentions(cm.exception, "not a valid OSS bucket name")
+
+
 class FsspecExtras(StorageTestBase):
     """The fsspec bridge: found through the registry's fallback; native schemes win."""
 
@@ -1170,6 +1222,7 @@ make_storage_tests(globals(), "SwiftStorageTest", SwiftFixture, REMOTE + (BadCre
                    (SwiftExtras,))
 make_storage_tests(globals(), "InfinispanContractTest", InfinispanFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract), (InfinispanExtras,))
+make_storage_tests(globals(), "OSSContractTest", OSSFixture, REMOTE + (BadCredentialsContract,), (OSSExtras,))
 make_storage_tests(globals(), "FsspecMemoryStorageTest", FsspecMemoryFixture,
                    (ReadContract, ListContract, LevelListContract, WriteContract), (FsspecExtras,))
 make_storage_tests(globals(), "FTPStorageTest", FTPFixture,
@@ -1193,6 +1246,7 @@ class SecretOptionsTest(unittest.TestCase):
             "redis": {"password"},
             "swift": {"key", "auth_token"},
             "infinispan": {"password"},
+            "oss": {"access_key_id", "access_key_secret", "security_token"},
         }
         for scheme, secrets in expected.items():
             with self.subTest(scheme=scheme):

@@ -27,6 +27,7 @@ storages.register("http", "cloudpool.storage.http:HTTPStorage", "http")
 storages.register("https", "cloudpool.storage.http:HTTPSStorage", "http")
 storages.register("redis", "cloudpool.storage.redisdb:RedisStorage", "redis")
 storages.register("swift", "cloudpool.storage.swift:SwiftStorage", "swift")
+storages.register("oss", "cloudpool.storage.oss:OSSStorage", "oss")
 storages.register("infinispan", "cloudpool.storage.infinispan:InfinispanStorage", "http")
 # Any other scheme fsspec knows (memory://, ftp://, sftp://, webdav://...), when installed.
 storages.set_fallback("cloudpool.storage.fsspec_bridge:storage_class_for", "fsspec")
