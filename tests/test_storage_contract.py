@@ -1169,10 +1169,10 @@ class FTPExtras(StorageTestBase):
         self.assertEqual(self.storage.public_options(), {})
 
     def test_concurrent_writers_and_fresh_listings(self) -> None:
-        # Found by bench/bench_storage.py: threads creating the same new directory raced
-        # into "550 File exists", and fsspec's listing cache then hid the directory. The
-        # race is timing-dependent: this does not reproduce it on every run (it passed here
-        # with the listing cache left on), so it guards the behaviour, not the fix itself.
+        # Found by bench/bench_storage.py: threads creating the same new directories raced
+        # into "550 File exists" (fsspec's makedirs fails on whichever level another thread
+        # made first), and its listing cache then hid them. Timing-dependent: it failed
+        # here in one full run out of several before the level-by-level fix.
         keys = [self.key(f"conc/new/{i:02d}") for i in range(64)]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda k: self.storage.put(k, b"x"), keys))

@@ -62,6 +62,21 @@ class RedisExecutorTest(te.TempStorageMixin, unittest.TestCase):
         self.assertEqual(self.stored_files(), [])
 
 
+class RedisUserStorageTest(unittest.TestCase):
+    def test_storage_with_a_password_url_pickles_without_it(self):
+        import pickle
+        from cloudpool import Storage
+        url = _auth_url(f"user-{uuid.uuid4().hex[:8]}/")
+        st = Storage(url)
+        st.put("a.txt", b"kept")
+        self.addCleanup(st.delete, "a.txt")
+        blob = pickle.dumps(st)
+        secret = servers.redis_auth_server().user_password
+        self.assertNotIn(secret.encode(), blob)
+        self.assertNotIn(urllib.parse.quote(secret, safe="").encode(), blob)
+        self.assertEqual(pickle.loads(blob).get("a.txt"), b"kept")  # the password from this process
+
+
 class RedisObjectsTest(unittest.TestCase):
     """objects() on Redis cuts the same parts, with the same lines, as on local disk."""
 

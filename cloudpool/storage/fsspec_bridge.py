@@ -155,13 +155,7 @@ class FsspecStorage(StorageBackend):
 
         def write() -> None:
             fs = self.fs
-            parent = fs._parent(path)
-            if parent and not fs.exists(parent):
-                try:
-                    fs.makedirs(parent, exist_ok=True)
-                except Exception:  # noqa: BLE001 - another writer may have made it meanwhile
-                    if not fs.exists(parent):
-                        raise
+            _ensure_dir(fs, fs._parent(path))
             try:
                 fs.pipe_file(tmp, body)
                 fs.mv(tmp, path)
@@ -270,6 +264,19 @@ class FsspecStorage(StorageBackend):
             self._call(probe)
         except Exception as exc:  # noqa: BLE001 - mapped to the OSError family
             raise self._error(exc, "", "check") from exc
+
+
+def _ensure_dir(fs: Any, path: str, depth: int = 0) -> None:
+    """``path`` and its parents, tolerating other writers creating them at the same time
+    (``makedirs`` would fail on whichever level another thread made first: FTP's 550)."""
+    if not path or path == fs._parent(path) or depth > 256 or fs.exists(path):
+        return
+    _ensure_dir(fs, fs._parent(path), depth + 1)
+    try:
+        fs.mkdir(path, create_parents=False)
+    except Exception:  # noqa: BLE001 - fine if someone else made it meanwhile
+        if not fs.exists(path):
+            raise
 
 
 def _mtime(info: Dict[str, Any]) -> Optional[float]:
