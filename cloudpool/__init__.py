@@ -11,7 +11,7 @@ from typing import Any
 from ._version import __version__
 
 __all__ = ["CloudPoolExecutor", "CloudFuture", "objects", "ObjectPart", "Storage", "RetryPolicy",
-           "retry", "__version__"]
+           "retry", "register_joblib", "__version__"]
 
 _LAZY = {
     "CloudPoolExecutor": ("cloudpool.executor", "CloudPoolExecutor"),
@@ -21,6 +21,8 @@ _LAZY = {
     "Storage": ("cloudpool.userstorage", "Storage"),
     "RetryPolicy": ("cloudpool.retries", "RetryPolicy"),
     "retry": ("cloudpool.retries", "retry"),
+    # Registers the "cloudpool" joblib backend (importing cloudpool.joblib does too).
+    "register_joblib": ("cloudpool.joblib", "register"),
 }
 
 

@@ -35,10 +35,11 @@ import time
 from concurrent.futures._base import InvalidStateError
 from typing import Any, Deque, Dict, List, Optional
 
-from . import _shipping, protocol
+from . import _mainscript, _shipping, protocol
 from .compute.base import ComputeBackend, InvocationLost, SegmentDone
 from .errors import (BrokenCloudPool, CallTimeoutError, InitializerError, IntegrityError,
-                     RemoteTraceback, VersionMismatchError, WorkerLostError)
+                     RemoteTraceback, VersionMismatchError, WorkerKilledError,
+                     WorkerLostError)
 from .retries import RetryPolicy
 from .stats import CallRecord, StatsRecorder
 from .storage.base import StorageBackend
@@ -166,6 +167,8 @@ class Manager(threading.Thread):
         # The user's own modules shipped to remote workers: what was zipped, and where.
         self._modules_signature: Optional[tuple] = None
         self._modules_ref: Optional[Dict[str, str]] = None
+        # ... and the user's main script, imported there as __mp_main__ (``_mainscript``).
+        self._main_ref: Optional[Dict[str, str]] = None
         self._garbage_at = time.monotonic()
 
     # ------------------------------------------------------------------ user-thread API
@@ -364,6 +367,12 @@ class Manager(threading.Thread):
             self._modules_ref = {"key": key, "digest": bundle.checksum,
                                  "sum": protocol.checksum(bundle.data)}
         self._modules_signature = signature
+        script = _mainscript.client_script()
+        if script is not None and (self._main_ref is None or self._main_ref["digest"] != script.digest):
+            key = self.keys.main_script(script.digest)
+            self.storage.put(key, script.source)  # OSError: the caller retries the upload
+            self._main_ref = {"key": key, "digest": script.digest, "sum": protocol.checksum(script.source),
+                              "name": script.name, "package": script.package}
 
     def _pickle_calls(self, calls: List[Call]) -> List[Call]:
         """Fill ``call.pickled``; fail (and drop) calls whose arguments cannot be pickled."""
@@ -431,6 +440,8 @@ class Manager(threading.Thread):
                      fn_sum=job.fn_sum, args_sum=protocol.checksum(blob))
         if self._modules_ref is not None:
             event["modules"] = self._modules_ref
+        if self._main_ref is not None:
+            event["main"] = self._main_ref
         if len(blob) <= self.config["inline_limit"]:
             event["args"] = blob
         else:
@@ -824,7 +835,8 @@ class Manager(threading.Thread):
                     f"the call did not finish within its timeout of {self.config['timeout']} s "
                     f"(setting 'timeout'): {notice.reason}")
             else:
-                err = WorkerLostError(f"{notice.reason} while running this call")
+                lost = WorkerKilledError if notice.killed else WorkerLostError
+                err = lost(f"{notice.reason} while running this call")
             culprit_call = batch.calls[culprit]
             batch.calls[culprit] = None
             # The others never ran or ran without their results being stored: run them
@@ -845,7 +857,7 @@ class Manager(threading.Thread):
                 err = notice.error
                 cause = "invocation"
             else:
-                err = WorkerLostError(notice.reason)
+                err = (WorkerKilledError if notice.killed else WorkerLostError)(notice.reason)
                 cause = "invocation"
             if notice.error is not None and err is not notice.error:
                 err.__cause__ = notice.error

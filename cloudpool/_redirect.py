@@ -112,7 +112,10 @@ def install(redirection: Redirection, *, set_env: bool = True) -> None:
             # A "module:Class" path, resolved on first use: this may run while
             # cloudpool.storage is still being imported (activate_from_environment), when
             # the stand-in's base class cannot be imported yet.
-            registry.register(name, f"{__name__}:{attr}", replace=True)
+            # The stand-in accepts the real implementation's options, so the configuration
+            # checks them against the same declaration (Registry.declared).
+            registry.register(name, f"{__name__}:{attr}", replace=True,
+                              declared=registry._declared.get(name))
         saved_env = os.environ.get(ENV_VAR)
         if set_env:
             os.environ[ENV_VAR] = redirection.to_json()
@@ -297,8 +300,15 @@ def _stand_in_class(name: str) -> type:
             red = _require_active()
             # The cloud backend's options (memory, region, image...) mean nothing here.
             local_options = {k: v for k, v in options.items() if k in LocalBackend.option_names}
-            if red.start_method is not None and "mp_context" not in local_options:
-                local_options.setdefault("start_method", red.start_method)
+            start_method = red.start_method
+            if start_method is None:
+                # local_cloud() without a start method means the local backend's: the one
+                # configured for it (local: {start_method: ...}), else its platform default.
+                from .config import load_config
+
+                start_method = load_config().section("local").get("start_method")
+            if start_method is not None and "mp_context" not in local_options:
+                local_options.setdefault("start_method", start_method)
             # A cloud backend's max_workers (hundreds) would fork that many processes.
             workers = min(max_workers or red.max_workers, red.max_workers)
             super().__init__(local_options, max_workers=workers, storage_url=storage_url,

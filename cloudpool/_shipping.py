@@ -19,8 +19,9 @@ its own copy of the module's globals, and drags whatever the globals hold into t
 pickle.) Third-party packages are not shipped: a missing one gives the worker's
 "install it on the runtime" error naming it. A package installed in editable mode lives
 in a source tree and is shipped like the user's code. Compiled extension modules are
-not shipped (they would not load on another platform anyway); ``__main__`` needs
-nothing, cloudpickle sends its functions by value.
+not shipped (they would not load on another platform anyway). The user's main script
+travels too, as its own object beside the bundle: ``cloudpool._mainscript`` owns it
+(its functions and classes go by name, and the worker imports it as ``__mp_main__``).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import site
 import sys
 import sysconfig
@@ -137,6 +139,37 @@ def build_bundle(modules: Dict[str, str]) -> Optional[Bundle]:
 
 
 # ---------------------------------------------------------------------------- worker side
+_folder: Optional[Tuple[int, str]] = None  # (pid, folder) of this process's bundles
+
+
+def _bundle_folder() -> str:
+    """A temporary folder of this process's own for bundles, removed when it exits.
+
+    zipimport reads the zip file whenever a module is imported, so it must exist as
+    long as the process does. One folder per process (not one shared by all): it can be
+    removed at exit without pulling a file from under another worker. Removal runs from
+    ``atexit`` in a plain process and from multiprocessing's exit finalizers in a
+    ``multiprocessing`` child (which leaves through ``os._exit``); a forked child makes a
+    folder of its own and never removes its parent's. A SIGKILLed process leaves it.
+    """
+    global _folder
+    if _folder is not None and _folder[0] == os.getpid():
+        return _folder[1]
+    import atexit
+    import multiprocessing.util
+
+    folder = tempfile.mkdtemp(prefix="cloudpool-modules-")
+    _folder = (os.getpid(), folder)
+    atexit.register(_remove_folder, os.getpid(), folder)
+    multiprocessing.util.Finalize(None, _remove_folder, args=(os.getpid(), folder), exitpriority=0)
+    return folder
+
+
+def _remove_folder(pid: int, folder: str) -> None:
+    if os.getpid() == pid:  # not in a forked child that inherited the registration
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def install(get_blob: Any, ref: Dict[str, Any]) -> None:
     """Put the bundle ``ref`` (``{"key", "sum"}``) on ``sys.path``, once per process.
 
@@ -150,13 +183,9 @@ def install(get_blob: Any, ref: Dict[str, Any]) -> None:
             return
         blob = get_blob(ref["key"])
         protocol.verify(blob, ref.get("sum"), f"the module bundle {ref['key']}")
-        folder = os.path.join(tempfile.gettempdir(), "cloudpool-modules")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{digest}.zip")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
+        path = os.path.join(_bundle_folder(), f"{digest}.zip")
+        with open(path, "wb") as f:
             f.write(blob)
-        os.replace(tmp, path)
         # Last on the path: it only supplies what the runtime lacks. A module the
         # runtime has (built into its image, on its PYTHONPATH) keeps being imported
         # from there, with its data files beside it.

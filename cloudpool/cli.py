@@ -18,10 +18,10 @@ import json
 import os
 import re
 import select
+import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -77,15 +77,17 @@ def _age(seconds: float) -> str:
 def _load_config(overrides: Optional[Dict[str, Any]] = None):
     from .config import load_config
 
-    return load_config({k: v for k, v in (overrides or {}).items() if v is not None})
+    return load_config({k: v for k, v in (overrides or {}).items() if v is not None},
+                       origin="command-line option")
 
 
 def _storage_for(url: str):
     """``(backend, key)`` for ``url``, with the scheme's options from the configuration."""
-    from .storage import get_storage, split_url
+    from .config import open_storage
+    from .storage import split_url
 
     scheme, bucket, key = split_url(url)
-    return get_storage(scheme, bucket, _load_config().section(scheme)), key
+    return open_storage(scheme, bucket, config=_load_config())[0], key
 
 
 def _stdout_bytes():
@@ -309,7 +311,10 @@ def cmd_storage_get(args: argparse.Namespace) -> int:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such local directory to download into")
     # Downloaded beside the target and renamed, so a failure leaves no half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=".cloudpool-get-", dir=directory)
+    # Created with 0666 for the kernel to apply the umask, as open() does: mkstemp's 0600
+    # would make every download private whatever the user's umask says.
+    tmp = os.path.join(directory, f".cloudpool-get-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as out, backend.open(key) as src:
             shutil.copyfileobj(src, out, 8 * 1024 * 1024)
@@ -520,12 +525,13 @@ def _judge(backend: Any, marker_key: str, infos: List[Any], now: float,
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from . import protocol
-    from .storage import get_storage, split_url
+    from .config import open_storage
+    from .storage import split_url
 
     config = _load_config({"storage": args.storage})
     url = config["storage"]
     scheme, bucket, root = split_url(url)
-    backend = get_storage(scheme, bucket, config.section(scheme))
+    backend = open_storage(scheme, bucket, config=config)[0]
     if not backend.writable:
         raise PermissionError(f"{url}: {scheme}:// storage is read-only; nothing can be cleaned there")
     root = root.strip("/")
@@ -571,10 +577,8 @@ def _is_secret(section: str, option: str) -> bool:
     if any(word in option.lower() for word in _SECRET_WORDS):
         return True
     if section in storages.names():
-        try:
-            return option in storages.get(section).secret_option_names
-        except ImportError:
-            return False  # its SDK is missing: judged by the name alone
+        declared = storages.declared(section)  # without importing the SDK where possible
+        return declared is not None and option in declared.secrets
     return False
 
 

@@ -11,18 +11,31 @@ and one section per backend or storage scheme for its own options::
     backend: aws_lambda
     storage: s3://my-bucket/cloudpool
     timeout: 300
-    aws_lambda: {memory: 2048}
+    aws_lambda: {memory_mb: 2048}
     s3: {region: eu-west-1}
 
 Environment variables: ``CLOUDPOOL_TIMEOUT=300`` for a global key and
 ``CLOUDPOOL_S3__REGION=eu-west-1`` (double underscore) for a section key. Unknown keys,
-unknown sections and values of the wrong type raise ``ConfigError`` (a ``ValueError``)
-naming the key, where it came from, and the closest valid name.
+unknown sections, options a backend or storage does not declare, and values of the wrong
+type raise ``ConfigError`` (a ``ValueError``) when the configuration is loaded, naming
+the key, where it came from (the file and line, the environment variable, or "keyword
+argument") and the closest valid name. A section's valid options are the ones its
+backend or storage class declares (``Registry.declared``), read without importing the
+cloud SDK behind it.
+
+Every entry point resolves storage options here: ``CloudPoolExecutor`` (and the Pool and
+Lithops facades built on it) through ``load_config``, ``Storage()``, ``objects()`` and the
+CLI through ``storage_options()`` / ``open_storage()``; a value a backend or storage
+refuses when built is reported with where it was set (``with_origins``). Options travel
+to workers inside payloads, ``Storage`` objects and ``ObjectPart``s without the ones
+declared as credentials.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
@@ -33,9 +46,9 @@ ENV_PREFIX = "CLOUDPOOL_"
 #: Environment variables with the prefix that are not settings (read where they are used).
 _ENV_NOT_SETTINGS = {"CLOUDPOOL_CONFIG", "CLOUDPOOL_REDIS_URL", "CLOUDPOOL_RUNTIME_TOKEN",
                      "CLOUDPOOL_KNATIVE_TOKEN"}
-#: Sections that belong to neither a backend nor a storage scheme.
+#: Sections that belong to neither a backend nor a storage scheme, with their options.
 #: 'redis': cloudpool.multiprocessing's shared state, ``{url: redis://host:port/db}``.
-_EXTRA_SECTIONS = {"redis"}
+_EXTRA_SECTIONS: Dict[str, frozenset] = {"redis": frozenset({"url"})}
 
 
 def _default_storage() -> str:
@@ -135,6 +148,76 @@ def _closest(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def unknown_options_error(what: str, unknown: Iterable[str], accepted: Iterable[str],
+                          where: str = "") -> ConfigError:
+    """The error for options ``what`` (``"s3:// storage"``, ``"the 'local' backend"``) lacks.
+
+    Names each unknown option, the closest accepted one, and ``where`` it came from.
+    """
+    unknown = sorted(unknown, key=str)
+    accepted = sorted(accepted)
+    hints = []
+    for name in unknown:
+        match = difflib.get_close_matches(str(name), accepted, n=1, cutoff=0.5)
+        if match:
+            hints.append(f"{match[0]!r}" + (f" for {name!r}" if len(unknown) > 1 else ""))
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    at = f", from {where}" if where else ""
+    return ConfigError(f"unknown option(s) {unknown} for {what}{at}{hint}; "
+                       f"accepted: {accepted or 'none'}")
+
+
+def _section_kind(section: str) -> Tuple[str, Optional[frozenset]]:
+    """How to name ``section`` in messages, and the options it declares (None: unknown)."""
+    from .compute import backends
+    from .storage import storages
+
+    if section in _EXTRA_SECTIONS:
+        extra = _EXTRA_SECTIONS[section]
+        if section in storages.names():  # 'redis' is a storage too: both sets of options
+            declared = storages.declared(section)
+            extra = extra | (declared.options if declared is not None else frozenset())
+        return f"the {section!r} section", extra
+
+    if section in backends.names():
+        declared = backends.declared(section)
+        return f"the {section!r} backend", None if declared is None else declared.options
+    declared = storages.declared(section)
+    return f"{section}:// storage", None if declared is None else declared.options
+
+
+def check_options(section: str, options: Iterable[str], where: str = "") -> None:
+    """Raise ``ConfigError`` for any of ``options`` that ``section`` does not declare."""
+    kind, accepted = _section_kind(section)
+    if accepted is None:
+        return  # a third-party class whose SDK is missing: it checks them itself when built
+    unknown = [o for o in options if o not in accepted]
+    if unknown:
+        raise unknown_options_error(kind, unknown, accepted, where)
+
+
+def _yaml_line(path: str, keys: Tuple[Any, ...]) -> Optional[int]:
+    """The 1-based line of the key path ``keys`` in the YAML file, for error messages only."""
+    import yaml
+
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            node = yaml.compose(f, Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == str(key):
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            break
+    return line
+
+
 def config_file_path() -> str:
     return os.environ.get("CLOUDPOOL_CONFIG") or os.path.join(os.path.expanduser("~"), ".cloudpool", "config.yaml")
 
@@ -162,10 +245,18 @@ class Config:
     """The effective configuration, with the source of every value (for ``cloudpool config``)."""
 
     def __init__(self, values: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
-                 sources: Dict[str, str]) -> None:
+                 sources: Dict[str, str],
+                 origins: Optional[Dict[str, Callable[[], str]]] = None) -> None:
         self._values = values
         self._sections = sections
         self.sources = sources
+        # "s3.max_attempts" -> where exactly it was set (file and line, variable), on demand.
+        self._origins = dict(origins or {})
+
+    def origin(self, key: str) -> str:
+        """Where ``key`` (``"timeout"``, ``"s3.max_attempts"``) was set, for error messages."""
+        where = self._origins.get(key)
+        return where() if where is not None else self.sources.get(key, "default")
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -190,19 +281,30 @@ def known_sections() -> set:
     from .compute import backends
     from .storage import storages
 
-    return set(backends.names()) | set(storages.names()) | _EXTRA_SECTIONS
+    return set(backends.names()) | set(storages.names()) | set(_EXTRA_SECTIONS)
 
 
 def load_config(overrides: Optional[Mapping[str, Any]] = None,
-                environ: Optional[Mapping[str, str]] = None) -> Config:
-    """Merge defaults, the YAML file, ``CLOUDPOOL_*`` variables and ``overrides`` (highest)."""
+                environ: Optional[Mapping[str, str]] = None,
+                origin: str = "keyword argument") -> Config:
+    """Merge defaults, the YAML file, ``CLOUDPOOL_*`` variables and ``overrides`` (highest).
+
+    ``origin`` names where ``overrides`` came from in error messages.
+    """
     environ = os.environ if environ is None else environ
-    layers: list[Tuple[str, Dict[str, Any]]] = []
+    # (source shown by `cloudpool config`, layer, where(key path) for error messages)
+    layers: list[Tuple[str, Dict[str, Any], Callable[[Tuple[Any, ...]], str]]] = []
 
     path = environ.get("CLOUDPOOL_CONFIG") or config_file_path()
-    layers.append((f"file {path}", _load_file(path, explicit="CLOUDPOOL_CONFIG" in environ)))
+
+    def in_file(keys: Tuple[Any, ...]) -> str:
+        line = _yaml_line(path, keys)
+        return f"config file {path}" + (f", line {line}" if line else "")
+
+    layers.append((f"file {path}", _load_file(path, explicit="CLOUDPOOL_CONFIG" in environ), in_file))
 
     env_layer: Dict[str, Any] = {}
+    env_names: Dict[Tuple[Any, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
             continue
@@ -210,37 +312,57 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
         if "__" in rest:
             section, _, key = rest.partition("__")
             env_layer.setdefault(section, {})[key] = _parse_env_value(raw)
+            env_names.setdefault((section,), name)
+            env_names[(section, key)] = name
         else:
             env_layer[rest] = _parse_env_value(raw)
-    layers.append(("environment (CLOUDPOOL_*)", env_layer))
+            env_names[(rest,)] = name
+    layers.append(("environment (CLOUDPOOL_*)", env_layer,
+                   lambda keys: f"environment variable {env_names[keys]}"))
 
     if overrides:
         if not isinstance(overrides, Mapping):
             raise ConfigError(f"config must be a mapping of settings, not {type(overrides).__name__}")
-        layers.append(("keyword arguments", dict(overrides)))
+        layers.append(("keyword arguments", dict(overrides), lambda keys: origin))
 
     values = {k: s.default for k, s in SETTINGS.items()}
     sources = {k: "default" for k in SETTINGS}
+    origins: Dict[str, Callable[[], str]] = {}
     sections: Dict[str, Dict[str, Any]] = {}
     section_names: Optional[set] = None
-    for origin, layer in layers:
+    for source, layer, where in layers:
         for key, value in layer.items():
             if key in SETTINGS:
-                values[key] = SETTINGS[key].check(key, value)
-                sources[key] = origin
+                try:
+                    values[key] = SETTINGS[key].check(key, value)
+                except ConfigError as exc:
+                    raise ConfigError(f"{exc} (from {where((key,))})") from None
+                sources[key] = source
+                origins[key] = functools.partial(where, (key,))
                 continue
             if section_names is None:
                 section_names = known_sections()
             if key in section_names:
                 if not isinstance(value, Mapping):
-                    raise ConfigError(f"section {key!r} in {origin} must be a mapping of options, not {value!r}")
+                    raise ConfigError(f"section {key!r} in {where((key,))} must be a mapping of options, "
+                                      f"not {value!r}")
+                kind, accepted = _section_kind(key)
+                for opt in value:
+                    if accepted is not None and opt not in accepted:
+                        # where() only now: for the file it re-reads the YAML for the line.
+                        raise unknown_options_error(kind, [opt], accepted, where((key, opt)))
                 for opt, opt_value in value.items():
                     sections.setdefault(key, {})[opt] = opt_value
-                    sources[f"{key}.{opt}"] = origin
+                    sources[f"{key}.{opt}"] = source
+                    origins[f"{key}.{opt}"] = functools.partial(where, (key, opt))
                 continue
-            label = f"{ENV_PREFIX}{key.upper()}" if origin.startswith("environment") else key
+            if source.startswith("environment"):
+                label, at = env_names.get((key,), key), "the environment"
+            else:
+                label, at = key, where((key,))
             raise ConfigError(
-                f"unknown setting {label!r} in {origin}{_closest(key, list(SETTINGS) + sorted(section_names or ()))}; "
+                f"unknown setting {label!r} in {at}"
+                f"{_closest(key, list(SETTINGS) + sorted(section_names or ()))}; "
                 f"settings are {', '.join(SETTINGS)}, and sections are backend or storage names"
                 + (f" ({', '.join(sorted(section_names))})" if section_names else "")
             )
@@ -250,4 +372,60 @@ def load_config(overrides: Optional[Mapping[str, Any]] = None,
         raise ConfigError(
             f"poll_interval_max ({values['poll_interval_max']}) must be >= poll_interval ({values['poll_interval']})"
         )
-    return Config(values, sections, sources)
+    return Config(values, sections, sources, origins)
+
+
+def storage_options(scheme: str, overrides: Optional[Mapping[str, Any]] = None, *,
+                    config: Optional[Config] = None,
+                    origin: str = "keyword argument") -> Dict[str, Any]:
+    """The options for one storage scheme: ``overrides`` over the configuration's section.
+
+    ``config`` defaults to ``load_config()`` (environment and file); ``overrides`` are
+    checked against the scheme's declared options, with ``origin`` in the message.
+    """
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"storage options must be a mapping, not {type(overrides).__name__}")
+    if overrides:
+        check_options(scheme, overrides, origin)
+    options = (config if config is not None else load_config()).section(scheme)
+    options.update(overrides or {})
+    return options
+
+
+def open_storage(scheme: str, bucket: str, overrides: Optional[Mapping[str, Any]] = None, *,
+                 config: Optional[Config] = None,
+                 origin: str = "keyword argument") -> Tuple[Any, Dict[str, Any]]:
+    """``(backend, options)``: the (cached) storage backend for one bucket, and its options
+    resolved by ``storage_options``.
+
+    A value the storage refuses (``max_attempts: two``) is reported with where that
+    option was set -- the keyword argument, or the file and line / the variable.
+    """
+    from .storage import get_storage
+
+    config = config if config is not None else load_config()
+    options = storage_options(scheme, overrides, config=config, origin=origin)
+    try:
+        return get_storage(scheme, bucket, options), options
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        better = with_origins(exc, scheme, options, config, overrides, origin)
+        if better is None:
+            raise
+        raise better from None
+
+
+def with_origins(exc: ValueError, section: str, options: Mapping[str, Any], config: Config,
+                 overrides: Optional[Mapping[str, Any]] = None,
+                 origin: str = "keyword argument") -> Optional[ConfigError]:
+    """``exc``, raised by a backend or storage refusing one of ``options``, with where each
+    option it names was set; None if it names none. Classes name the option they refuse
+    (``option 'max_attempts' must be ...``, ``start_method 'x' is not available``)."""
+    if type(exc) is not ValueError:  # subclasses (ConfigError, ...) keep their type and text
+        return None
+    text = str(exc)
+    wheres = [f"{section}.{o} from " + (origin if overrides and o in overrides
+                                        else config.origin(f"{section}.{o}"))
+              for o in options if re.search(rf"(?<![\w.]){re.escape(o)}(?!\w)", text)]
+    return ConfigError(f"{text} ({'; '.join(wheres)})") if wheres else None

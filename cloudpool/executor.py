@@ -14,15 +14,16 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future
+from concurrent.futures import _base as _futures_base
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from . import _manager, progress, protocol
 from .compute import backends
 from .compute import local as _local_backend  # noqa: F401  (the default: imported up front so cold starts stay short)
-from .config import Config, load_config
+from .config import Config, check_options, load_config, open_storage, with_origins
 from .errors import BrokenCloudPool
 from .retries import Retrying, RetryPolicy, as_policy
-from .storage import get_storage, split_url
+from .storage import split_url
 
 if TYPE_CHECKING:
     from .stats import ExecutorStats
@@ -55,17 +56,43 @@ threading._register_atexit(_python_exit)
 _HANDOFF_EVERY = 256
 
 
+#: Guards the first creation of a future's condition (see ``CloudFuture._condition``).
+_CONDITION_CREATION = threading.Lock()
+
+
 class CloudFuture(Future):
     """A ``concurrent.futures.Future`` that also records when its call moved along.
 
     ``times`` holds ``submitted``, ``invoked``, ``started``, ``finished`` and ``fetched``
     (epoch seconds; ``started``/``finished`` are the worker's clock) and the worker id.
+
+    Memory: a million pending calls means a million futures, and the stdlib's
+    ``threading.Condition`` (an RLock, bound methods and a deque of waiters) is about two
+    thirds of a bare ``Future``'s 1.6 KB. Most futures of a large ``map`` are never
+    waited on one by one, so the condition is made on first use instead of up front;
+    every other attribute is the stdlib's own (``__init__`` sets exactly what
+    ``Future.__init__`` sets, which ``tests/test_future_memory.py`` checks against the
+    running Python).
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        # Future.__init__ is not called: it would build the condition eagerly.
+        self._state = _futures_base.PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: List[Any] = []
+        self._done_callbacks: List[Any] = []
         self._times: Dict[str, Any] = {"submitted": time.time()}
         self._manager_ref: Optional[Callable[[], Optional[_manager.Manager]]] = None
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        try:
+            return self.__dict__["_lazy_condition"]
+        except KeyError:
+            with _CONDITION_CREATION:
+                # Two threads may both miss; only the first one's condition is kept.
+                return self.__dict__.setdefault("_lazy_condition", threading.Condition())
 
     @property
     def times(self) -> Dict[str, Any]:
@@ -139,15 +166,17 @@ class CloudPoolExecutor(Executor):
                            ("max_workers", max_workers)):
             if value is not None:
                 overrides[key] = value
-        self._config: Config = load_config(overrides)
+        self._config: Config = load_config(overrides, origin="keyword argument of CloudPoolExecutor()")
         self._retry_policy = as_policy(retry, self._config["retries"])
         backend_name = self._config["backend"]
         backend_cls = backends.get(backend_name)
+        # Before any network call: a misspelt keyword fails at once.
+        check_options(backend_name, backend_options, "keyword argument of CloudPoolExecutor()")
 
         storage_url = self._config["storage"]
         scheme, bucket, root = split_url(storage_url)
-        storage_options = self._config.section(scheme)
-        self._storage = get_storage(scheme, bucket, storage_options)
+        # A value the storage refuses is reported with where it was set.
+        self._storage, storage_options = open_storage(scheme, bucket, config=self._config)
         if not self._storage.writable:
             raise ValueError(f"storage {storage_url!r} is read-only; the executor needs a writable store "
                              f"for payloads and results (s3://, gs://, az://, cos:// or a local path)")
@@ -163,8 +192,15 @@ class CloudPoolExecutor(Executor):
                                  f"runs no deployed runtime; remove the runtime setting or choose a "
                                  f"backend such as aws_lambda or kubernetes")
             options.setdefault("runtime", runtime_name)
-        self._backend = backend_cls(options, max_workers=self._config["max_workers"],
-                                    storage_url=storage_url, storage_options=storage_options)
+        try:
+            self._backend = backend_cls(options, max_workers=self._config["max_workers"],
+                                        storage_url=storage_url, storage_options=storage_options)
+        except ValueError as exc:  # a refused option value: say where it was set
+            better = with_origins(exc, backend_name, options, self._config, backend_options,
+                                  "keyword argument of CloudPoolExecutor()")
+            if better is None:
+                raise
+            raise better from None
         caps = self._backend.capabilities
         self._max_workers = caps.max_concurrency
 
@@ -341,7 +377,7 @@ class CloudPoolExecutor(Executor):
         return itertools.chain.from_iterable(results)
 
     def _partitioned(self, iterable: Iterable[Any]) -> Iterable[Any]:
-        return partitioned_for(iterable, self._max_workers)
+        return partitioned_for(iterable, self._max_workers, self._config)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -375,14 +411,17 @@ class CloudPoolExecutor(Executor):
                 f"storage={self._config['storage']!r} max_workers={self._max_workers}>")
 
 
-def partitioned_for(iterable: Iterable[Any], parallelism: int) -> Iterable[Any]:
+def partitioned_for(iterable: Iterable[Any], parallelism: int,
+                    config: Optional[Config] = None) -> Iterable[Any]:
     """An ``objects(...)`` input sized for ``parallelism`` workers; anything else unchanged.
 
+    With ``config`` (the executor's), the parts take their storage options from it, so an
+    executor's ``config=`` reaches its inputs as it reaches its own storage.
     Shared by ``CloudPoolExecutor.map`` and ``cloudpool.multiprocessing.Pool``.
     """
     objects_module = sys.modules.get("cloudpool.objects")  # never imported just to check
     if objects_module is not None and isinstance(iterable, objects_module.Objects):
-        return iterable.with_parallelism(parallelism)
+        return iterable.with_parallelism(parallelism, config)
     return iterable
 
 

@@ -48,6 +48,7 @@ import types
 from typing import (Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
+from .config import Config, load_config, open_storage, storage_options as resolve_storage_options
 from .storage import ObjectInfo, StorageBackend, get_storage, split_url, storages
 
 __all__ = ["objects", "Objects", "ObjectPart", "parse_size"]
@@ -203,7 +204,10 @@ class ObjectPart:
         self.parts = parts
         self.size = size
         self.newline = _check_newline(newline)
-        self.storage_options = dict(storage_options or {})
+        # A part built by hand without options takes the configuration's (env, file);
+        # parts from objects() carry options resolved on the client.
+        self.storage_options = (resolve_storage_options(scheme) if storage_options is None
+                                else dict(storage_options))
         self._range: Optional[Tuple[int, int]] = None
         # (offset, bytes) blocks already fetched while looking for boundaries.
         self._cache: List[Tuple[int, bytes]] = []
@@ -462,20 +466,35 @@ class Objects:
 
     def __init__(self, urls: Sequence[str], *, chunk_size: Optional[int], chunks: Optional[int],
                  newline: Optional[bytes], storage_options: Mapping[str, Any],
-                 parallelism: Optional[int] = None) -> None:
+                 parallelism: Optional[int] = None, config: Optional[Config] = None) -> None:
         self.urls = tuple(urls)
         self.chunk_size = chunk_size
         self.chunks = chunks
         self.newline = newline
+        #: This call's own options (``objects(storage_options=)``), over ``config``'s sections.
         self.storage_options = dict(storage_options)
         self.parallelism = parallelism
+        #: The configuration whose per-scheme sections give the other options: the one
+        #: loaded by objects(), or the executor's when it maps over this (``with_parallelism``).
+        self.config = config if config is not None else load_config()
+        self._resolved: Dict[str, Dict[str, Any]] = {}
 
-    def with_parallelism(self, n: int) -> "Objects":
-        """A copy whose automatic mode targets ``n`` workers (the executor calls this)."""
+    def with_parallelism(self, n: int, config: Optional[Config] = None) -> "Objects":
+        """A copy whose automatic mode targets ``n`` workers and, when given, whose
+        storage options come from ``config`` (the executor passes its own)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"parallelism must be a positive int, not {n!r}")
         return Objects(self.urls, chunk_size=self.chunk_size, chunks=self.chunks,
-                       newline=self.newline, storage_options=self.storage_options, parallelism=n)
+                       newline=self.newline, storage_options=self.storage_options, parallelism=n,
+                       config=config if config is not None else self.config)
+
+    def options_for(self, scheme: str) -> Dict[str, Any]:
+        """The storage options for ``scheme``: this call's over the configuration's section."""
+        if scheme not in self._resolved:
+            self._resolved[scheme] = resolve_storage_options(
+                scheme, self.storage_options, config=self.config,
+                origin="keyword argument storage_options of objects()")
+        return self._resolved[scheme]
 
     def __repr__(self) -> str:
         if self.chunk_size is not None:
@@ -489,7 +508,7 @@ class Objects:
     # ------------------------------------------------------------------ listing
     def _backend(self, url: str) -> Tuple[StorageBackend, str]:
         scheme, bucket, key = split_url(url)
-        return get_storage(scheme, bucket, self.storage_options), key
+        return get_storage(scheme, bucket, self.options_for(scheme)), key
 
     def _list_url(self, url: str) -> Iterator[Tuple[StorageBackend, ObjectInfo]]:
         """The objects one URL names, in key order; ``FileNotFoundError`` if none."""
@@ -555,7 +574,7 @@ class Objects:
         n = len(bounds) - 1
         for i in range(n):
             yield ObjectPart(url, bounds[i], bounds[i + 1], i, n, info.size,
-                             newline=self.newline, storage_options=self.storage_options)
+                             newline=self.newline, storage_options=self.options_for(backend.scheme))
 
     def __iter__(self) -> Iterator[ObjectPart]:
         if self.chunk_size is not None or self.chunks is not None:
@@ -588,9 +607,13 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
     is smaller than 1 MiB.
 
     ``newline`` is the record separator (see the module docstring for the rule); ``None``
-    gives exact byte ranges. ``storage_options`` are passed to the storage backend (for
-    example ``{"endpoint_url": "http://127.0.0.1:5000"}`` for S3); options that the
-    backend declares as credentials do not travel with the parts.
+    gives exact byte ranges. The storage options of each URL's scheme come from
+    cloudpool's configuration (``CLOUDPOOL_S3__ENDPOINT_URL``, the config file; inside
+    ``CloudPoolExecutor.map`` or ``Pool.map``, that executor's configuration, its
+    ``config=`` included); ``storage_options`` overrides them for this call, for every
+    URL in it (for example ``{"endpoint_url": "http://127.0.0.1:5000"}`` for S3), and is
+    checked against each scheme's declared options now. Options that the backend
+    declares as credentials do not travel with the parts: workers use their own.
 
     Raises ``ValueError`` for a malformed URL, an unknown scheme, or bad sizes at once,
     and ``FileNotFoundError`` naming the URL, while iterating, for a URL that matches no
@@ -622,8 +645,13 @@ def objects(url_or_urls: UrlOrUrls, *, chunk_size: Union[int, str, None] = None,
         raise ValueError(f"chunks must be a positive int (parts per object), not {chunks!r}")
     if storage_options is not None and not isinstance(storage_options, Mapping):
         raise TypeError(f"storage_options must be a mapping, not {type(storage_options).__name__}")
-    return Objects(urls, chunk_size=size, chunks=chunks, newline=_check_newline(newline),
-                   storage_options=storage_options or {})
+    parts = Objects(urls, chunk_size=size, chunks=chunks, newline=_check_newline(newline),
+                    storage_options=storage_options or {})
+    for url in urls:  # unknown names and bad values fail now, not while listing
+        scheme, bucket, _key = split_url(url)
+        open_storage(scheme, bucket, storage_options, config=parts.config,
+                     origin="keyword argument storage_options of objects()")
+    return parts
 
 
 class _CallableModule(types.ModuleType):

@@ -5,6 +5,7 @@ Key layout under the storage root (one executor = one unguessable id)::
     <root>/<executor>/client.json                      who owns the executor (host, pid, start time)
     <root>/<executor>/init.pickle                      initializer + initargs (once per executor)
     <root>/<executor>/modules/<digest>.zip             the user's own modules, for remote workers
+    <root>/<executor>/modules/<digest>.main.py         the user's main script, for remote workers
     <root>/<executor>/<job>/function.pickle            the function, cloudpickled once per job
     <root>/<executor>/<job>/args/<batch>.pickle        a batch's arguments, when too big to inline
     <root>/<executor>/<job>/results/<batch>.<seg>.pickle   results of one segment of a batch
@@ -34,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cloudpickle
 
+from ._mainscript import Pickler
 from ._version import __version__
 
 PROTOCOL_VERSION = 1
@@ -82,6 +84,10 @@ class Keys:
     def modules(self, digest: str) -> str:
         """A zip of the user's own module sources, named by its content."""
         return f"{self.executor_prefix}modules/{digest}.zip"
+
+    def main_script(self, digest: str) -> str:
+        """The user's main script source, named by its content (``cloudpool._mainscript``)."""
+        return f"{self.executor_prefix}modules/{digest}.main.py"
 
     @property
     def init(self) -> str:
@@ -147,7 +153,7 @@ def dumps_each(items: Sequence[Any]) -> Tuple[bytes, List[int]]:
     independent pickle while the per-item setup cost is paid once.
     """
     buf = io.BytesIO()
-    pickler = cloudpickle.CloudPickler(buf, protocol=PICKLE_PROTOCOL)
+    pickler = Pickler(buf, protocol=PICKLE_PROTOCOL)
     offsets = [0]
     for item in items:
         try:
@@ -164,7 +170,10 @@ def load_at(blob: Any, offsets: Sequence[int], index: int) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+    """cloudpickle, with the main script's module-level objects by reference (see ``_mainscript``)."""
+    buf = io.BytesIO()
+    Pickler(buf, protocol=PICKLE_PROTOCOL).dump(obj)
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------- events

@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Dict, Generic, Optional, Tuple, Type, TypeVar
+from typing import Dict, FrozenSet, Generic, NamedTuple, Optional, Tuple, Type, TypeVar
 
 from .errors import MissingDependencyError
 
 T = TypeVar("T")
+
+
+class Declared(NamedTuple):
+    """The options an implementation accepts, and the subset that are credentials.
+
+    Built-in implementations keep theirs in an SDK-free module (``storage/declared.py``,
+    ``compute/declared.py``) named at registration, so the configuration can check a
+    section's options without importing boto3 & co.
+    """
+
+    options: FrozenSet[str]
+    #: Never written into payloads or pickled parts: workers use their own credentials.
+    secrets: FrozenSet[str] = frozenset()
 
 
 class Registry(Generic[T]):
@@ -27,6 +40,8 @@ class Registry(Generic[T]):
         # name -> (import path "module:Class", extra that provides its SDK or None)
         self._known: Dict[str, Tuple[str, Optional[str]]] = {}
         self._loaded: Dict[str, Type[T]] = {}
+        # name -> "module:ATTR" of its ``Declared`` options, importable without the SDK.
+        self._declared: Dict[str, str] = {}
         self._entry_points_read = False
         # "module:function" called with an unknown name, returning a class or None.
         self._fallback: Optional[Tuple[str, Optional[str]]] = None
@@ -51,10 +66,19 @@ class Registry(Generic[T]):
         return cls
 
     def register(self, name: str, target: "str | Type[T]", extra: Optional[str] = None,
-                 *, replace: bool = False) -> None:
-        """Add ``name``; ``target`` is a class or a ``"module:Class"`` path imported on use."""
+                 *, replace: bool = False, declared: Optional[str] = None) -> None:
+        """Add ``name``; ``target`` is a class or a ``"module:Class"`` path imported on use.
+
+        ``declared`` is the ``"module:ATTR"`` path of a ``Declared`` naming the class's
+        options, in a module that imports no SDK (without it, the class is imported to
+        read its ``option_names``).
+        """
         if not replace and (name in self._known or name in self._loaded):
             raise ValueError(f"{self.kind} {name!r} is already registered; pass replace=True")
+        if declared is not None:
+            self._declared[name] = declared
+        else:
+            self._declared.pop(name, None)
         if isinstance(target, str):
             self._known[name] = (target, extra)
             self._loaded.pop(name, None)
@@ -75,6 +99,24 @@ class Registry(Generic[T]):
     def names(self) -> list:
         self._read_entry_points()
         return sorted(set(self._known) | set(self._loaded))
+
+    def declared(self, name: str) -> Optional[Declared]:
+        """The options ``name`` accepts, without importing its SDK when it says how.
+
+        ``None`` when they cannot be known here (a third-party class whose SDK is
+        missing): the class then checks its options itself when it is built.
+        """
+        if name in self._declared:  # (replacing the class without a declaration drops it)
+            module_name, _, attr = self._declared[name].partition(":")
+            return getattr(importlib.import_module(module_name), attr)
+        cls = self._loaded.get(name)
+        if cls is None:
+            try:
+                cls = self.get(name)
+            except MissingDependencyError:
+                return None
+        return Declared(frozenset(cls.option_names),  # type: ignore[attr-defined]
+                        frozenset(getattr(cls, "secret_option_names", frozenset())))
 
     def get(self, name: str) -> Type[T]:
         """Return the class registered as ``name``, importing it if needed."""

@@ -12,7 +12,9 @@ same code works on every scheme the registry knows (``file://`` and plain paths,
         print(key, len(out.get(key)))
 
 The URL's key is always taken as a directory-like prefix (``s3://b/out`` and
-``s3://b/out/`` are the same Storage). A Storage is picklable (it travels inside
+``s3://b/out/`` are the same Storage). Options are the keyword arguments over the
+configuration's section for the scheme (``CLOUDPOOL_S3__ENDPOINT_URL``, the config file),
+resolved where the Storage is built. A Storage is picklable (it travels inside
 closures to workers); options its backend declares as credentials are left out when it is
 pickled, so workers use their platform's own credential chain.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import io
 from typing import Any, BinaryIO, Iterable, Iterator, Optional, Union
 
+from .config import open_storage
 from .storage import split_url
 from .storage import ObjectInfo, StorageBackend, get_storage, storages
 
@@ -38,7 +41,12 @@ class Storage:
         self._scheme = scheme
         self._bucket = bucket
         self._prefix = key if not key or key.endswith("/") else key + "/"
-        self._options = dict(options)
+        # Keyword options over the configuration's section for this scheme (env, file),
+        # as the executor resolves its own storage; unknown names fail here.
+        # Built now (and cached by the registry), so a bad value fails here, naming where
+        # it was set; looked up again on first use, so a Storage made before a
+        # cloudpool.testing.local_cloud() is entered still follows its redirection.
+        _backend, self._options = open_storage(scheme, bucket, options, origin="keyword argument of Storage()")
         self._backend_obj: Optional[StorageBackend] = None
 
     # ------------------------------------------------------------------ plumbing

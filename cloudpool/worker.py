@@ -24,9 +24,7 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
-import cloudpickle
-
-from . import _shipping, protocol
+from . import _mainscript, _shipping, protocol
 from .errors import CallTimeoutError, UnpicklableRemoteError
 from .storage import get_storage, split_url
 from .storage.base import StorageBackend
@@ -101,7 +99,7 @@ class _Segment:
     def __init__(self, first: int) -> None:
         self.first = first
         self.buf = io.BytesIO()
-        self.pickler = cloudpickle.CloudPickler(self.buf, protocol=protocol.PICKLE_PROTOCOL)
+        self.pickler = protocol.Pickler(self.buf, protocol=protocol.PICKLE_PROTOCOL)
         self.offsets: List[int] = [0]
         self.calls: List[Dict[str, Any]] = []
 
@@ -231,6 +229,18 @@ def handle(event: Dict[str, Any], hooks: Optional[WorkerHooks] = None) -> Dict[s
         except BaseException as exc:  # noqa: BLE001 - reported to the client on the batch's calls
             _fatal(storage, keys, event, "load", f"the client's modules could not be installed: {exc}",
                    exc, hooks)
+            return {"fatal": "load"}
+
+    if event.get("main"):
+        # The client's script, imported as __mp_main__ like spawn does, before the
+        # initializer and function (which refer to it by name) are unpickled.
+        try:
+            _mainscript.install(storage.get, event["main"], keys.executor_id)
+        except BaseException as exc:  # noqa: BLE001 - e.g. the script fails at import on the worker
+            _fatal(storage, keys, event, "load",
+                   f"the client's main script {event['main'].get('name')!r} could not be imported on "
+                   f"the worker (as __mp_main__, with its __main__ guard false): "
+                   f"{type(exc).__name__}: {exc}", exc, hooks)
             return {"fatal": "load"}
 
     if event.get("init") and keys.executor_id not in _initialized:

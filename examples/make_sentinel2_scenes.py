@@ -29,8 +29,16 @@ import tempfile
 import time
 from typing import List, Sequence, Tuple
 
-import numpy as np
-import rasterio
+try:  # the geo extra, checked first so that a missing package is named with its fix
+    import numpy as np
+    import rasterio
+    import rio_cogeo  # noqa: F401  (used in _write_cog)
+except ModuleNotFoundError as _exc:
+    _message = (f"{os.path.basename(__file__)} needs the {_exc.name!r} package, from cloudpool's "
+                f"geo extra: pip install 'cloudpool[geo]'")
+    if __name__ == "__main__":
+        sys.exit(_message)
+    raise ModuleNotFoundError(_message, name=_exc.name) from None
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window

@@ -39,7 +39,18 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import numpy as np
+
+def _missing_extra(exc: ModuleNotFoundError) -> str:
+    return (f"{os.path.basename(__file__)} needs the {exc.name!r} package, from cloudpool's "
+            f"geo and plot extras: pip install 'cloudpool[geo,plot]'")
+
+
+try:  # needed wherever this module runs; the other extras are checked at the start of main()
+    import numpy as np
+except ModuleNotFoundError as _exc:
+    if __name__ == "__main__":
+        sys.exit(_missing_extra(_exc))
+    raise ModuleNotFoundError(_missing_extra(_exc), name=_exc.name) from None
 
 from cloudpool import CloudPoolExecutor, Storage
 
@@ -254,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="BEFORE and AFTER scene prefixes holding B04.tif and B08.tif "
                         "(default: generate two synthetic scenes locally)")
     parser.add_argument("--output", default=None, help="where the difference tiles go "
-                        "(a directory or storage URL; default: a new temporary directory)")
+                        "(a directory or storage URL; default: a temporary directory removed on exit)")
     parser.add_argument("--png", default="ndvi_diff.png", help="the picture to write (local path)")
     parser.add_argument("--png-size", type=_png_size, default=(1000, 850), help="WIDTHxHEIGHT in px")
     parser.add_argument("--save-mosaic", default=None, metavar="PATH",
@@ -272,6 +283,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--storage", default=None, help="storage URL for job data (default: config, else local)")
     parser.add_argument("--workers", type=int, default=None, help="max_workers")
     args = parser.parse_args(argv)
+    try:  # the rest of the extras, before any work: the PNG, the reads, the generated scenes
+        import matplotlib  # noqa: F401
+        import rasterio  # noqa: F401
+        import rio_cogeo  # noqa: F401
+    except ModuleNotFoundError as exc:
+        sys.exit(_missing_extra(exc))
     if len(args.scenes) not in (0, 2):
         parser.error(f"give two scenes (BEFORE AFTER) or none, not {len(args.scenes)}")
     if args.grid < 1:
@@ -285,16 +302,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import make_sentinel2_scenes
 
             before, after = make_sentinel2_scenes.make_scenes(os.path.join(tmp, "scenes"), size=args.size)
-            print(f"generated two {args.size} x {args.size} px synthetic scenes under {tmp}/scenes")
+            print(f"generated two {args.size} x {args.size} px synthetic scenes in a temporary directory "
+                  f"(removed on exit; examples/make_sentinel2_scenes.py DIR keeps them)")
+        # Without --output the tiles go to the temporary directory too, and so are not
+        # named in the output: a path printed here must still exist when the user looks.
         output_url = args.output or os.path.join(tmp, "tiles")
         try:
-            return run(args, before, after, output_url)
+            return run(args, before, after, output_url, keep_tiles=args.output is not None)
         except (FileNotFoundError, PermissionError, ValueError) as exc:
             parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 2
 
 
-def run(args: argparse.Namespace, before: str, after: str, output_url: str) -> int:
+def run(args: argparse.Namespace, before: str, after: str, output_url: str, keep_tiles: bool = True) -> int:
     from cloudpool.storage import split_url, storages
 
     urls = {"before_red": band_url(before, RED), "before_nir": band_url(before, NIR),
@@ -345,7 +365,10 @@ def run(args: argparse.Namespace, before: str, after: str, output_url: str) -> i
     print(f"valid pixels: {valid:,} of {pixels:,} ({100 * valid / pixels:.1f}%), mean change {mean:+.4f}")
     print(f"map: {elapsed:.2f} s, {4 * pixels / elapsed / 1e6:.1f} Mpx/s read (4 bands); "
           f"median call {call_times[len(call_times) // 2] * 1000:.0f} ms; total {total:.2f} s")
-    print(f"tiles: {output.url(results[0]['key'].rsplit('/', 1)[0])}/ ({len(results)} .npy files)")
+    if keep_tiles:
+        print(f"tiles: {output.url(results[0]['key'].rsplit('/', 1)[0])}/ ({len(results)} .npy files)")
+    else:
+        print(f"tiles: {len(results)} .npy files in a temporary directory, removed on exit (--output keeps them)")
     print(f"png: {args.png} ({args.png_size[0]} x {args.png_size[1]} px, colour limits +/-{limit:.2f}, "
           f"preview 1:{step})")
     if args.save_mosaic:

@@ -1,19 +1,21 @@
-"""Count primes with a plain ``multiprocessing.Pool`` program.
+"""Count primes with a plain ``multiprocessing.Pool`` program, on cloudpool or the stdlib.
 
-    python examples/pool_primes.py [LIMIT]
+    python examples/pool_primes.py [LIMIT]             # cloudpool.multiprocessing (the default)
+    python examples/pool_primes.py --stdlib [LIMIT]    # the standard library's multiprocessing
 
-This is an ordinary standard-library program. To run it on cloudpool, change only its
-import line::
+This is an ordinary standard-library program (``starmap``, ``map`` with ``chunksize``,
+``imap``, ``apply_async``). The one thing that makes it a cloudpool program is the module
+``Pool`` comes from, chosen in ``main()``::
 
-    import multiprocessing                                # before
-    import cloudpool.multiprocessing as multiprocessing   # after
+    import multiprocessing                                # the standard library
+    import cloudpool.multiprocessing as multiprocessing   # cloudpool: same API, same results
 
-and the pool's work runs on the configured backend (local processes by default; set
-``CLOUDPOOL_BACKEND`` / ``CLOUDPOOL_STORAGE`` or the config file to run elsewhere).
-``tests/test_examples.py`` makes exactly that one-line change and compares the output.
+In your own program that import line is the whole change. On cloudpool the pool's work
+runs on the configured backend (local processes by default; set ``CLOUDPOOL_BACKEND`` /
+``CLOUDPOOL_STORAGE`` or the config file to run elsewhere). ``tests/test_examples.py``
+runs it both ways and compares the output.
 """
-import multiprocessing
-import sys
+import argparse
 import time
 
 
@@ -49,7 +51,16 @@ def twin_pairs(bounds):
 
 
 def main():
-    limit = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
+    parser = argparse.ArgumentParser(description="Count primes with a multiprocessing.Pool program.")
+    parser.add_argument("limit", nargs="?", type=int, default=200000, help="count primes below this")
+    parser.add_argument("--stdlib", action="store_true",
+                        help="use the standard library's multiprocessing instead of cloudpool.multiprocessing")
+    args = parser.parse_args()
+    if args.stdlib:
+        import multiprocessing
+    else:
+        import cloudpool.multiprocessing as multiprocessing
+    limit = args.limit
     step = 10000
     ranges = [(lo, min(lo + step, limit)) for lo in range(0, limit, step)]
     start = time.perf_counter()
@@ -62,6 +73,7 @@ def main():
         pending = pool.apply_async(count_primes, (0, 100))
         below_100 = pending.get(timeout=60)
     elapsed = time.perf_counter() - start
+    print(f"pool: {multiprocessing.__name__}.Pool")
     print(f"primes below {limit}: {sum(counts)}")
     print(f"primes per {step}-block: {counts[:5]} ...")
     print(f"largest primes below 10, 100, 1000, 10000, {limit}: {largest}")

@@ -132,5 +132,12 @@ else
     mv "$CF_TEST.part" "$CF_TEST"
 fi
 
-PYTHON="$PY" bash "$ROOT/scripts/install-lambda-deps.sh"  # podman + local images: tests/test_aws_lambda.py
+# podman + local images for tests/test_aws_lambda.py's container tier (LambdaContainerTest).
+# CLOUDPOOL_SKIP_LAMBDA_TIER=1 leaves it out (no podman, runc, debootstrap, no ~300 MB of
+# images); scripts/test.sh then deselects that test class.
+if [ "${CLOUDPOOL_SKIP_LAMBDA_TIER:-0}" = 1 ]; then
+    step "aws_lambda container tier" "skipped (CLOUDPOOL_SKIP_LAMBDA_TIER=1)"
+else
+    PYTHON="$PY" bash "$ROOT/scripts/install-lambda-deps.sh"
+fi
 step "done" "test dependencies are installed"

@@ -188,11 +188,16 @@ class Server:
         if self.running:
             return self
         argv = self.command()
+        # The server's own temporary files (SeaweedFS's logs and sockets, Azurite's
+        # telemetry queue...) go under its working directory, which close() removes.
+        env = self.process_env()
+        env["TMPDIR"] = os.path.join(self.workdir, "tmp")
+        os.makedirs(env["TMPDIR"], exist_ok=True)
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.workdir, env=self.process_env(),
+                cwd=self.workdir, env=env,
                 # Only the main thread's death should take the server down: the kernel
                 # signals on the death of the *thread* that forked.
                 preexec_fn=(_die_with_parent if _prctl is not None
@@ -381,6 +386,7 @@ class AzuriteServer(Server):
         return [
             exe, "--blobHost", self.host, "--blobPort", str(self.port),
             "--location", os.path.join(self.workdir, "data"), "--silent",
+            "--disableTelemetry",  # else it queues telemetry for Microsoft under TMPDIR
             # current azure-storage-blob sends an API version newer than Azurite knows
             "--skipApiVersionCheck",
         ]
@@ -747,6 +753,13 @@ class RangeRequestHandler(http.server.BaseHTTPRequestHandler):
 class _ThreadingHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client closing its connection mid-answer (GDAL does, once it has the bytes
+        # it wanted) is normal for a file server, not an error worth a traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def serve_http(directory: str, port: int, host: str = HOST) -> None:

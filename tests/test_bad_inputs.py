@@ -235,7 +235,8 @@ class ConfigFileTest(TimedMixin, unittest.TestCase):
 
     def test_typo_in_a_storage_option_lists_the_valid_ones(self):
         self.check("storage: s3://bucket/x\ns3:\n  endpoint: http://127.0.0.1:9\n", ValueError,
-                   r"unknown option\(s\) \['endpoint'\] for s3:// storage; accepted: .*'endpoint_url'")
+                   r"unknown option\(s\) \['endpoint'\] for s3:// storage, from config file .*, line 3 "
+                   r"\(did you mean 'endpoint_url'\?\); accepted: .*'endpoint_url'")
 
     def test_wrong_value_type(self):
         self.check("max_workers: two\n", ConfigError, r"max_workers must be an integer >= 1, not 'two'")

@@ -18,6 +18,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -399,6 +400,30 @@ class StorageCommandsContract:
         code, out, err = run("storage", "ls", "-r", self.base + "logs/")  # -r still lists everything
         self.assertEqual(out.split(), ["1", self.base + "logs/a", "2", self.base + "logs/deep/b",
                                        "3", self.base + "logs/deep/er/c"])
+    def test_get_creates_files_as_open_does_under_the_umask(self):
+        # A downloaded file gets the permissions any new file gets (0666 less the umask),
+        # as `cp`, `aws s3 cp` and open() give it, not mkstemp's private 0600.
+        code, _out, err = run("storage", "put", "-", self.base + "perm/f.txt", stdin=b"data")
+        self.assertEqual(code, 0, err)
+        for umask in (0o022, 0o027, 0o002):
+            with self.subTest(umask=oct(umask)):
+                reference = os.path.join(self.local_dir, f"ref-{umask:o}")
+                target = os.path.join(self.local_dir, f"got-{umask:o}")
+                old = os.umask(umask)
+                try:
+                    with open(reference, "wb"):
+                        pass
+                    code, _out, err = run("storage", "get", self.base + "perm/f.txt", target)
+                finally:
+                    os.umask(old)
+                self.assertEqual(code, 0, err)
+                self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), stat.S_IMODE(os.stat(reference).st_mode))
+                self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), 0o666 & ~umask)
+        # A get over an existing file replaces it with a new one: new file's permissions.
+        os.chmod(target, 0o600)
+        code, _out, err = run("storage", "get", self.base + "perm/f.txt", target)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), 0o666 & ~old)
 
     def test_missing_objects_are_errors_naming_the_url(self):
         for argv in (["storage", "get", self.base + "nope.txt", os.path.join(self.local_dir, "x")],

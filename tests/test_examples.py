@@ -141,25 +141,23 @@ class PoolPrimesExampleTest(unittest.TestCase):
     STDLIB = "import multiprocessing"
     CLOUDPOOL = "import cloudpool.multiprocessing as multiprocessing"
 
-    def test_only_the_import_line_changes_and_the_output_is_the_same(self) -> None:
+    def test_cloudpool_by_default_and_the_stdlib_with_a_flag_give_the_same_output(self) -> None:
         with open(os.path.join(EXAMPLES, "pool_primes.py")) as f:
-            original = f.read()
-        self.assertEqual(original.count(f"\n{self.STDLIB}\n"), 1)
-        self.assertNotIn("cloudpool", original.split('"""')[2])  # the program itself is plain stdlib
-        swapped = original.replace(f"\n{self.STDLIB}\n", f"\n{self.CLOUDPOOL}\n")
-        diff = [(a, b) for a, b in zip(original.splitlines(), swapped.splitlines()) if a != b]
-        self.assertEqual(diff, [(self.STDLIB, self.CLOUDPOOL)])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "pool_primes_cloudpool.py")
-            with open(path, "w") as f:
-                f.write(swapped)
-            stdlib_out = run_example("pool_primes.py", "100000")
-            cloud_out = run_example(path, "100000")
+            source = f.read()
+        # The swap a user makes is visible in the program: its only imports are the stdlib
+        # ones and these two alternatives; nothing else in it is cloudpool-specific.
+        body = source.split('"""', 2)[2]
+        imports = [line.strip() for line in re.findall(r"^\s*(?:import|from) .*$", body, re.M)]
+        self.assertEqual(sorted(imports), sorted(["import argparse", "import time", self.STDLIB, self.CLOUDPOOL]))
+        cloud_out = run_example("pool_primes.py", "100000")
+        stdlib_out = run_example("pool_primes.py", "--stdlib", "100000")
+        self.assertEqual(cloud_out.splitlines()[0], "pool: cloudpool.multiprocessing.Pool")
+        self.assertEqual(stdlib_out.splitlines()[0], "pool: multiprocessing.Pool")
 
-        def strip_time(text: str) -> List[str]:
-            return [line for line in text.splitlines() if not line.startswith("time:")]
+        def results(text: str) -> List[str]:
+            return [line for line in text.splitlines() if not line.startswith(("time:", "pool:"))]
 
-        self.assertEqual(strip_time(cloud_out), strip_time(stdlib_out))
+        self.assertEqual(results(cloud_out), results(stdlib_out))
         self.assertIn("primes below 100000: 9592", cloud_out)  # pi(10^5), a known value
         self.assertIn("largest primes below 10, 100, 1000, 10000, 100000: [7, 97, 997, 9973, 99991]", cloud_out)
         self.assertRegex(cloud_out, r"time: [\d.]+ s, [\d,]+ numbers/s")
@@ -245,6 +243,18 @@ class NDVILocalExampleTest(NDVIChecks, unittest.TestCase):
             out = run_example("ndvi_diff.py", cwd=tmp)
             self.assertIn("121 calls on backend 'local'", out)
             self.assertTrue(os.path.getsize(os.path.join(tmp, "ndvi_diff.png")) > 10000)
+            self.assertIn("png: ndvi_diff.png", out)
+            # The run's scenes and tiles were temporary: it says so and names no path of them.
+            self.assertIn("tiles: 121 .npy files in a temporary directory, removed on exit", out)
+            self.assert_printed_paths_exist(out, tmp)
+            self.assertEqual(os.listdir(tmp), ["ndvi_diff.png"])
+
+    def assert_printed_paths_exist(self, out: str, cwd: str) -> None:
+        """Every absolute path or file:// URL the example printed still exists after it exited."""
+        paths = re.findall(r"(?:^|\s)(?:file://)?(/[^\s,()]+)", out, re.M)
+        self.assertTrue(all(os.path.isabs(p) for p in paths))
+        for path in paths:
+            self.assertTrue(os.path.exists(path), f"printed {path!r}, which no longer exists:\n{out}")
 
     def test_generated_scenes_are_cogs_like_the_real_ones(self) -> None:
         import rasterio
@@ -272,6 +282,10 @@ class NDVILocalExampleTest(NDVIChecks, unittest.TestCase):
             self.check_outputs(out, mosaic, png, (640, 480), self.expected)
             tiles = [f for _dirpath, _dirs, files in os.walk(os.path.join(tmp, "tiles")) for f in files]
             self.assertEqual(len(tiles), 121)
+            printed = re.search(r"^tiles: file://(\S+)/ \(121 \.npy files\)$", out, re.M)
+            self.assertIsNotNone(printed, out)
+            self.assertEqual(len(os.listdir(printed.group(1))), 121)  # the printed place holds them
+            self.assert_printed_paths_exist(out, tmp)
 
     def test_scenes_over_https_style_urls_read_through_vsicurl(self) -> None:
         # The same files served by a Range-capable HTTP server: http(s):// scene prefixes
@@ -298,6 +312,41 @@ class NDVILocalExampleTest(NDVIChecks, unittest.TestCase):
         self.assertIn("cannot open the before_red band", proc.stderr)  # names what is missing
         self.assertIn(os.path.join(tmp, "a", "B04.tif"), proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
+
+
+class MissingExtrasTest(unittest.TestCase):
+    """Run without an extra's package, an example names it and the pip command, no traceback."""
+
+    def run_without(self, script: str, module: str) -> subprocess.CompletedProcess:
+        # None in sys.modules makes `import module` raise ModuleNotFoundError, as when the
+        # package is not installed; the example then runs as `python examples/<script> ...`
+        # would, in an empty directory it may write to.
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [os.path.join(tmp, "scenes")] if script == "make_sentinel2_scenes.py" else []
+            code = (f"import runpy, sys; sys.modules[{module!r}] = None; "
+                    f"sys.argv = {[os.path.join(EXAMPLES, script), *args]!r}; "
+                    f"runpy.run_path(sys.argv[0], run_name='__main__')")
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  env=env, cwd=tmp)
+            self.assertEqual(os.listdir(tmp), [])  # stopped before doing anything
+            return proc
+
+    def test_each_geo_example_names_what_to_install(self) -> None:
+        cases = [("ndvi_diff.py", "numpy", "cloudpool[geo,plot]"), ("ndvi_diff.py", "matplotlib", "cloudpool[geo,plot]"),
+                 ("ndvi_diff.py", "rasterio", "cloudpool[geo,plot]"), ("ndvi_diff.py", "rio_cogeo", "cloudpool[geo,plot]"),
+                 ("make_sentinel2_scenes.py", "numpy", "cloudpool[geo]"),
+                 ("make_sentinel2_scenes.py", "rio_cogeo", "cloudpool[geo]")]
+        for script, module, extra in cases:
+            with self.subTest(script=script, module=module):
+                proc = self.run_without(script, module)
+                self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+                self.assertEqual(proc.stderr.strip(), f"{script} needs the {module!r} package, from cloudpool's "
+                                 f"{'geo and plot extras' if 'plot' in extra else 'geo extra'}: pip install '{extra}'")
+        # With everything installed the same way of running works (the check is not always on).
+        proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "ndvi_diff.py"), "--help"],
+                              capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
 
 
 class NDVIHelpersTest(unittest.TestCase):

@@ -174,7 +174,7 @@ class WorkerFaults:
 
     def test_several_workers_sigkilled_at_once_mid_call(self):
         # Four workers each start a long call; three are SIGKILLed together while their
-        # calls run. Exactly those three calls fail (WorkerLostError naming SIGKILL);
+        # calls run. Exactly those three calls fail (WorkerKilledError, a WorkerLostError, naming SIGKILL);
         # every other call -- the fourth long one, and 36 short ones queued behind --
         # completes with its own result, and the executor stays usable.
         with self.executor(4) as ex:
@@ -199,7 +199,7 @@ class WorkerFaults:
                 self.assertIsInstance(cm.exception, cf.BrokenExecutor)
             # (b) everything else completed, correctly
             self.assertEqual([f.result() for f in futures[3:]], [i * 10 for i in range(3, 40)])
-            self.assertEqual(outcomes(futures), {"ok": 37, "WorkerLostError": 3})
+            self.assertEqual(outcomes(futures), {"ok": 37, "WorkerKilledError": 3})
             # the pool replaced its workers and still runs work
             self.assertEqual(list(ex.map(square, range(20))), [x * x for x in range(20)])
             self.assertTrue(all(gone(pid) for pid in victims))

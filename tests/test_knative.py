@@ -608,6 +608,84 @@ class OptionsTest(unittest.TestCase):
         ex.shutdown()
 
 
+class MainScriptTest(unittest.TestCase):
+    """Issue 13: a user's script on remote hosts behaves as under a spawn-started pool.
+
+    The script lives in a temp dir the hosts do not have on their path: the client ships
+    its source and each worker process imports it once as ``__mp_main__``
+    (``cloudpool._mainscript``). Same script and checks as ``tests/test_main_script.py``.
+    """
+
+    def test_script_semantics_match_spawn(self):
+        from tests import test_main_script as tms
+
+        out = tms.run_script(["stdlib", "cloudpool", "pool", "lithops"], storage=fresh_storage_url(),
+                             config=knative_config())
+        checks = tms.MainScriptChecks()
+        checks.assertEqual, checks.assertTrue = self.assertEqual, self.assertTrue
+        for kind in ("cloudpool", "pool", "lithops"):
+            with self.subTest(kind=kind):
+                checks.assert_like_stdlib(out[kind], out["stdlib"], name="__mp_main__")
+
+
+    def test_script_run_as_a_module_keeps_its_package(self):
+        # python -m userpkg.main: the script imports a sibling relatively; on the worker it
+        # is __mp_main__ inside its (shipped) package, as spawn does with init_main_from_name.
+        pkg = "cp_userpkg_" + uuid.uuid4().hex[:8]
+        with tempfile.TemporaryDirectory(prefix="cp-user-pkg-") as tmp:
+            os.makedirs(os.path.join(tmp, pkg))
+            with open(os.path.join(tmp, pkg, "__init__.py"), "w") as f:
+                f.write("")
+            with open(os.path.join(tmp, pkg, "helper.py"), "w") as f:
+                f.write("def triple(x):\n    return 3 * x\n")
+            with open(os.path.join(tmp, pkg, "main.py"), "w") as f:
+                f.write(textwrap.dedent("""
+                    import concurrent.futures as cf, json, multiprocessing as mp, sys
+                    from . import helper
+                    G = None
+                    def init(v):
+                        global G
+                        G = v
+                    def read(x):
+                        return [helper.triple(x), G, __name__, __package__]
+                    if __name__ == "__main__":
+                        from cloudpool import CloudPoolExecutor
+                        settings = json.loads(sys.argv[1])
+                        with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"),
+                                                    initializer=init, initargs=(5,)) as ex:
+                            ref = list(ex.map(read, [1, 2]))
+                        with CloudPoolExecutor(2, initializer=init, initargs=(5,), **settings) as ex:
+                            got = list(ex.map(read, [1, 2]))
+                        print("RESULT " + json.dumps([ref, got]))
+                """))
+            settings = json.dumps({"storage": fresh_storage_url(), "config": knative_config()})
+            proc = subprocess.run([sys.executable, "-m", f"{pkg}.main", settings], cwd=tmp,
+                                  capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "PYTHONPATH": os.pathsep.join([tmp, ROOT])})
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        self.assertIsNotNone(line, proc.stdout + proc.stderr)
+        ref, got = json.loads(line[len("RESULT "):])
+        self.assertEqual(ref, [[3, 5, "__mp_main__", pkg], [6, 5, "__mp_main__", pkg]])
+        self.assertEqual(got, ref)
+
+
+class NestedTest(unittest.TestCase):
+    """Issue 13: an executor opened inside a call on a host runs there on local processes."""
+
+    def test_nested_executor_like_stdlib(self):
+        from tests import test_nested as tn
+
+        with cf.ProcessPoolExecutor(2) as ex:
+            expected = [total for total, _pid, _inner in ex.map(tn.outer_stdlib, [3, 4, 5])]
+        with CloudPoolExecutor(2, storage=fresh_storage_url(), config=knative_config()) as ex:
+            got = list(ex.map(tn.outer_cloudpool, [3, 4, 5], timeout=BOUND))
+        self.assertEqual([total for total, _pid, _inner in got], expected)
+        for _total, outer_pid, inner_pids in got:
+            self.assertNotIn(outer_pid, inner_pids)
+            # The host's worker gets its share of the host's CPUs (CONCURRENCY workers).
+            self.assertLessEqual(len(inner_pids), max(1, (os.cpu_count() or 1) // CONCURRENCY))
+
+
 class InterpreterExitTest(unittest.TestCase):
     """Like CPython's test_interpreter_shutdown / test_hang_gh83386, with remote calls.
 

@@ -39,6 +39,7 @@ import faulthandler
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -201,6 +202,9 @@ def tearDownModule() -> None:
     if _State.api is not None:
         _State.api.stop()
         _State.api = None
+    if _State.tmp:
+        shutil.rmtree(_State.tmp, ignore_errors=True)  # kubeconfigs, termination logs, contexts
+        _State.tmp = ""
 
 
 def write_kubeconfig(server: str, name: str, namespace: str = NAMESPACE) -> str:
@@ -860,6 +864,8 @@ class RuntimeTest(KubeTestCase):
             meta = self.backend(image="registry.example/built:2").build_runtime("built")
         finally:
             os.environ["PATH"] = env_path
+        # Without output= the context is a new temporary directory, the user's to keep.
+        self.addCleanup(shutil.rmtree, meta["context"], True)
         self.assertTrue(meta["built"])
         with open(record) as f:
             args = json.load(f)

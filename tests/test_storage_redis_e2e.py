@@ -62,6 +62,20 @@ class RedisExecutorTest(te.TempStorageMixin, unittest.TestCase):
         self.assertEqual(self.stored_files(), [])
 
 
+class RedisSharedSectionTest(te.TempStorageMixin, unittest.TestCase):
+    """The configuration's 'redis' section serves cloudpool.multiprocessing ('url') and
+    the redis:// storage (its options) at once; 'url' never reaches the storage or events."""
+
+    def test_section_with_both_kinds_of_option(self):
+        server = servers.redis_server()
+        self.storage_url = f"redis://{server.host}:{server.port}/0/shared-{uuid.uuid4().hex[:8]}"
+        self.storage_config = {"redis": {"url": f"redis://:not-this@{server.host}:{server.port}/1",
+                                         "socket_timeout": 20}}
+        with self.executor(2) as ex:
+            self.assertEqual(list(ex.map(te.square, range(5))), [0, 1, 4, 9, 16])
+            self.assertEqual(ex._event_base["storage"]["options"], {"socket_timeout": 20})
+
+
 class RedisUserStorageTest(unittest.TestCase):
     def test_storage_with_a_password_url_pickles_without_it(self):
         import pickle

@@ -59,6 +59,12 @@ def _square(x: int) -> int:
     return x * x
 
 
+def _start_method() -> str:
+    import multiprocessing
+
+    return multiprocessing.get_start_method(allow_none=True) or "fork"
+
+
 def _write_from_worker(url: str) -> str:
     Storage(url.rsplit("/", 1)[0]).put(url.rsplit("/", 1)[1], f"written by {os.getpid()}")
     return url
@@ -188,6 +194,14 @@ class ContextManagerTest(unittest.TestCase):
                                  timeout=60, env=_clean_env(**{_redirect.ENV_VAR: os.environ[_redirect.ENV_VAR]}))
             self.assertEqual(out.returncode, 0, out.stderr)
             self.assertEqual(out.stdout, "seen from a subprocess")
+
+    def test_configured_local_start_method_applies_to_stand_in_backends(self):
+        # local_cloud(start_method=None) means "the local backend's": its configured one.
+        for method in ("spawn", "fork"):
+            with mock.patch.dict(os.environ, {"CLOUDPOOL_LOCAL__START_METHOD": method}), local_cloud():
+                with CloudPoolExecutor(1, backend="aws_lambda", storage="s3://jobs/m") as ex:
+                    self.assertEqual(ex._backend.describe()["start_method"], method)
+                    self.assertEqual(ex.submit(_start_method).result(timeout=60), method)
 
     def test_pool_written_for_a_cloud_backend(self):
         from cloudpool.multiprocessing import Pool

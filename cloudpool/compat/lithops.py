@@ -396,7 +396,7 @@ class FunctionExecutor:
         for name in ("runtime_memory", "runtime_timeout"):
             if backend_options.get(name) is not None:
                 raise _unsupported(f"{name}={backend_options[name]!r}", "set the backend's own option "
-                                   "in config, e.g. config={'aws_lambda': {'memory': 2048}} or "
+                                   "in config, e.g. config={'aws_lambda': {'memory_mb': 2048}} or "
                                    "config={'timeout': SECONDS}")
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, not {type(config).__name__}")
@@ -451,7 +451,7 @@ class FunctionExecutor:
         self._reject("extra_env", extra_env, "workers use their own environment; set variables in "
                      "the runtime image or backend configuration, or pass the values as arguments")
         self._reject(memory_name, runtime_memory, "set the backend's memory option in the executor's "
-                     "config, e.g. FunctionExecutor(config={'aws_lambda': {'memory': 2048}})")
+                     "config, e.g. FunctionExecutor(config={'aws_lambda': {'memory_mb': 2048}})")
         self._reject("timeout", timeout, "cloudpool's call time limit is per executor: "
                      "FunctionExecutor(config={'timeout': SECONDS})")
         for name, value in (("include_modules", include_modules), ("exclude_modules", exclude_modules)):

@@ -7,7 +7,9 @@ from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 __all__ = ["backends", "ComputeBackend", "Capabilities", "InvocationLost", "SegmentDone"]
 
 backends: Registry[ComputeBackend] = Registry("compute backend", "cloudpool.compute")
-backends.register("local", "cloudpool.compute.local:LocalBackend")
-backends.register("aws_lambda", "cloudpool.compute.aws_lambda:LambdaBackend", "aws")
-backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend", "k8s")
-backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http")
+_D = "cloudpool.compute.declared:"
+backends.register("local", "cloudpool.compute.local:LocalBackend", declared=_D + "LOCAL")
+backends.register("aws_lambda", "cloudpool.compute.aws_lambda:LambdaBackend", "aws", declared=_D + "AWS_LAMBDA")
+backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend", "k8s",
+                  declared=_D + "KUBERNETES")
+backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http", declared=_D + "KNATIVE")

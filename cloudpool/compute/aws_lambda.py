@@ -76,6 +76,7 @@ from .. import protocol
 from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import split_url
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 from ._runtime_files import PACKAGE_DIR, RUNTIME_DATA_DIR, copy_package, runtime_file
 
@@ -207,9 +208,7 @@ class LambdaBackend(ComputeBackend):
     """Runs invocations as asynchronous invocations of one Lambda function."""
 
     name = "aws_lambda"
-    option_names = frozenset({"function_name", "region", "role", "memory_mb", "timeout",
-                              "endpoint_url", "package_type", "image_uri", "invoke_concurrency",
-                              "retry_seconds", "architecture", "runtime"})
+    option_names = declared.AWS_LAMBDA.options
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],

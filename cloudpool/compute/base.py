@@ -56,7 +56,8 @@ class InvocationLost:
     """An invocation will write nothing more (its worker died, was killed, or failed to start).
 
     ``running_call`` is the index in the batch of the call that was running, when the
-    backend knows it; ``timed_out`` says the backend killed it for exceeding its timeout.
+    backend knows it; ``timed_out`` says the backend killed it for exceeding its timeout;
+    ``killed`` that something else killed it with SIGKILL (the out-of-memory killer).
     """
 
     inv: str
@@ -64,6 +65,7 @@ class InvocationLost:
     running_call: Optional[int] = None
     timed_out: bool = False
     error: Optional[BaseException] = field(default=None, repr=False)
+    killed: bool = False
 
 
 Notify = Callable[[Any], None]
@@ -80,10 +82,9 @@ class ComputeBackend(ABC):
                  storage_url: str, storage_options: Dict[str, Any]) -> None:
         unknown = set(options) - set(self.option_names)
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {sorted(unknown)} for the {self.name!r} backend; "
-                f"accepted: {sorted(self.option_names) or 'none'}"
-            )
+            from ..config import unknown_options_error  # here: config is not needed otherwise
+
+            raise unknown_options_error(f"the {self.name!r} backend", unknown, self.option_names)
         self.options = dict(options)
         self.storage_url = storage_url
         self.storage_options = dict(storage_options)

@@ -70,6 +70,7 @@ from .. import protocol
 from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import split_url
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 LOGGER = logging.getLogger("cloudpool")
@@ -200,8 +201,7 @@ class KnativeBackend(ComputeBackend):
     """Runs invocations on cloudpool HTTP runtimes (``runtime/knative``) at one or more URLs."""
 
     name = "knative"
-    option_names = frozenset({"url", "urls", "token", "concurrency", "request_timeout",
-                              "retry_seconds", "notices"})
+    option_names = declared.KNATIVE.options
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
                  storage_url: str, storage_options: Dict[str, Any]) -> None:
@@ -238,12 +238,7 @@ class KnativeBackend(ComputeBackend):
             raise ValueError(f"the knative backend's 'notices' must be true or false, not {notices!r}")
         self._notices = notices
 
-        scheme = split_url(storage_url)[0] if storage_url else "file"
-        if scheme == "file":
-            raise ValueError(
-                f"the knative backend runs calls on other machines, which cannot read this machine's "
-                f"directory {storage_url!r}: set storage to an object store both sides reach "
-                f"(s3://, gs://, az:// or cos://)")
+        self._check_storage(storage_url)
 
         self._services = [_Service(u, concurrency) for u in urls]
         total = concurrency * len(urls)
@@ -263,6 +258,15 @@ class KnativeBackend(ComputeBackend):
             "Content-Type": "application/json",
             "User-Agent": f"cloudpool/{__version__}",
         }
+
+    def _check_storage(self, storage_url: str) -> None:
+        """Refuse a storage the runtimes cannot reach (a directory of this machine)."""
+        scheme = split_url(storage_url)[0] if storage_url else "file"
+        if scheme == "file":
+            raise ValueError(
+                f"the knative backend runs calls on other machines, which cannot read this machine's "
+                f"directory {storage_url!r}: set storage to an object store both sides reach "
+                f"(s3://, gs://, az:// or cos://)")
 
     # ------------------------------------------------------------------ declared
     @property

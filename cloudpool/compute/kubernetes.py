@@ -69,6 +69,7 @@ from ..errors import VersionMismatchError
 from ..storage import get_storage, split_url
 from ..storage.base import StorageBackend
 from ._runtime_files import copy_package, project_files, runtime_file
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 LOGGER = logging.getLogger("cloudpool")
@@ -256,13 +257,7 @@ class KubernetesBackend(ComputeBackend):
     """Runs invocation batches as pods of Indexed Kubernetes Jobs (``runtime/kubernetes``)."""
 
     name = "kubernetes"
-    option_names = frozenset({
-        "namespace", "image", "runtime", "image_pull_secrets", "image_pull_policy", "service_account",
-        "cpu", "memory", "cpu_limit", "memory_limit", "env_from_secrets", "labels",
-        "kubeconfig", "context", "in_cluster", "ttl_seconds_after_finished", "backoff_limit",
-        "backoff_limit_per_index", "collect_window", "status_interval", "pod_start_timeout",
-        "api_timeout",
-    })
+    option_names = declared.KUBERNETES.options
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],

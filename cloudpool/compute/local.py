@@ -13,6 +13,23 @@ call fails and the rest of its batch can run again elsewhere.
 Workers are started on demand (a cold start forks one process, not ``max_workers``)
 with the ``fork`` start method on Linux, like the 3.11 stdlib, or any start method
 given as ``start_method``/``mp_context``.
+
+Nesting (an executor or ``Pool`` opened inside a mapped function) works as with
+``ProcessPoolExecutor``, with the number of processes bounded. Every worker records
+in its environment how deep it is (``_CLOUDPOOL_LOCAL_DEPTH``; the leading underscore
+keeps it out of the configuration's ``CLOUDPOOL_*`` settings) and its share of the CPUs
+(``_CLOUDPOOL_LOCAL_SHARE``: its parent's share, the CPU count at the top, divided by
+its executor's ``max_workers``, at least 1). A local executor inside a
+worker (depth 1) starts at most that share of processes, whatever ``max_workers``
+asks; one nested deeper starts none and runs its calls on threads of the worker
+(``max_workers`` of them, at most 32, by default the share; no per-call timeout
+there: ``SIGALRM`` needs the main thread, and a running thread cannot be stopped).
+So N top-level workers on C CPUs lead to at most N + max(N, C) processes at any depth.
+
+Worker processes are daemonic for their parent -- its exit terminates them, and an
+idle worker whose parent died exits within ``_PARENT_CHECK_SECONDS`` -- but each
+worker clears the flag in its own view of itself, because multiprocessing forbids a
+daemonic process to have children and the inner executor's workers are exactly that.
 """
 from __future__ import annotations
 
@@ -30,11 +47,27 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .. import worker as worker_module
 from ..storage import clear_cache as clear_storage_cache
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 _SIGNAL_NAMES = {-int(s): s.name for s in signal.Signals}
 #: How often an idle worker checks that its client process is still alive.
 _PARENT_CHECK_SECONDS = 2.0
+#: How many levels of local workers are above this process (unset: 0, the client).
+DEPTH_ENV = "_CLOUDPOOL_LOCAL_DEPTH"
+#: How many CPUs this process's local executors may use in total (unset: all).
+SHARE_ENV = "_CLOUDPOOL_LOCAL_SHARE"
+#: From this depth on, a local executor runs calls on threads instead of processes.
+_THREADS_DEPTH = 2
+#: At most this many threads for one executor nested that deep.
+_MAX_THREADS = 32
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ[name]))
+    except (KeyError, ValueError):
+        return default
 
 
 class _PipeHooks(worker_module.WorkerHooks):
@@ -51,6 +84,15 @@ class _PipeHooks(worker_module.WorkerHooks):
         self.conn.send(("segment", self.inv, status))
 
 
+class _ThreadHooks(worker_module.WorkerHooks):
+    def __init__(self, backend: "LocalBackend") -> None:
+        self.backend = backend
+
+    def segment_written(self, status: Dict[str, Any]) -> None:
+        if self.backend._notices:
+            self.backend._notify(SegmentDone(status))
+
+
 def _portable(exc: BaseException) -> Optional[BaseException]:
     """``exc`` if it survives pickling (to cross the pipe), else an OSError/RuntimeError saying it."""
     try:
@@ -62,11 +104,16 @@ def _portable(exc: BaseException) -> Optional[BaseException]:
 
 
 def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
-                 inherited: List[Any]) -> None:
+                 inherited: List[Any], depth: int = 1, share: int = 1) -> None:
     """Body of one worker process."""
     # The process that started us (the client, or a fork server): if it goes away we
     # are re-parented, and nobody will ever read our results.
     parent_pid = os.getppid()
+    # Nesting: our parent still sees us as daemonic (its exit terminates us), but we may
+    # start the workers of an executor opened by a call; they are daemonic to us.
+    multiprocessing.current_process().daemon = False
+    os.environ[DEPTH_ENV] = str(depth)
+    os.environ[SHARE_ENV] = str(share)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
     for other in inherited:
         # A forked child holds copies of its siblings' parent-side pipe ends; closing
@@ -116,13 +163,25 @@ class _Worker:
 
 class LocalBackend(ComputeBackend):
     name = "local"
-    option_names = frozenset({"start_method", "mp_context", "max_tasks_per_child", "notices"})
+    option_names = declared.LOCAL.options
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
                  storage_url: str, storage_options: Dict[str, Any]) -> None:
         super().__init__(options, max_workers=max_workers, storage_url=storage_url,
                          storage_options=storage_options)
+        self._depth = _env_int(DEPTH_ENV, 0)
         self.max_workers = max_workers or os.cpu_count() or 1
+        self._share = _env_int(SHARE_ENV, os.cpu_count() or 1) or 1
+        # Deep inside: no new processes at all (see the module docstring).
+        self._threads = self._depth >= _THREADS_DEPTH
+        if self._threads:
+            # Threads cost no process: an explicit max_workers is honoured (calls that
+            # wait on I/O overlap), within a sane cap; by default the worker's share.
+            self.max_workers = min(max_workers or self._share, _MAX_THREADS)
+        elif self._depth > 0:
+            # Inside a worker: this worker's share of the CPUs, not a whole machine's.
+            self.max_workers = min(max_workers or self._share, self._share)
+        self._running_threads = 0
         context = self.options.get("mp_context")
         start_method = self.options.get("start_method")
         if context is not None and start_method is not None:
@@ -235,7 +294,8 @@ class LocalBackend(ComputeBackend):
         inherited = [w.conn for w in self._workers] + [self._wake_r, self._wake_w] if fork else []
         process = self._context.Process(
             target=_worker_main,
-            args=(child_conn, slot, list(sys.path), self._max_tasks, inherited),
+            args=(child_conn, slot, list(sys.path), self._max_tasks, inherited,
+                  self._depth + 1, max(1, self._share // self.max_workers)),
             name="cloudpool-local-worker", daemon=True,
         )
         process.start()
@@ -246,6 +306,13 @@ class LocalBackend(ComputeBackend):
         return worker
 
     def _dispatch_locked(self) -> None:
+        if self._threads:
+            while self._queue and self._running_threads < self.max_workers:
+                inv, message = self._queue.popleft()
+                self._running_threads += 1
+                threading.Thread(target=self._run_in_thread, args=(inv, message),
+                                 name="cloudpool-local-thread", daemon=True).start()
+            return
         while self._queue:
             idle = next((w for w in self._workers if w.inv is None and w.kill_reason is None), None)
             if idle is None:
@@ -263,6 +330,20 @@ class LocalBackend(ComputeBackend):
                 del self._where[inv]
                 idle.kill_reason = "dead"
                 self._queue.appendleft((inv, message))
+
+    def _run_in_thread(self, inv: str, message: bytes) -> None:
+        """Run one invocation in this process (nested beyond ``_THREADS_DEPTH``)."""
+        try:
+            _inv, event = pickle.loads(message)
+            worker_module.handle(event, _ThreadHooks(self))
+        except BaseException as exc:  # noqa: BLE001 - e.g. storage unreachable: the invocation is lost
+            self._notify(InvocationLost(inv, "the call could not run:\n" + "".join(traceback.format_exception(exc)),
+                                        error=_portable(exc)))
+        finally:
+            with self._lock:
+                self._running_threads -= 1
+                if not self._closing:
+                    self._dispatch_locked()
 
     # ------------------------------------------------------------------ reader thread
     def _read_loop(self) -> None:
@@ -346,4 +427,5 @@ class LocalBackend(ComputeBackend):
             inv, f"worker process {worker.process.pid} {why}",
             running_call=running if running >= 0 else None,
             timed_out=(reason == "timeout"),
+            killed=(reason in (None, "dead") and code == -signal.SIGKILL),
         ))

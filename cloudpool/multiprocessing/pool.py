@@ -29,12 +29,15 @@ Data flow (compare CPython's ``Lib/multiprocessing/pool.py``)::
   its end stops pulling input (the stdlib would keep feeding all of it).
 - ``terminate()`` (and ``__exit__``) cancels queued calls, stops running ones where the
   backend can (``_terminate()`` on the executor), and fails every unfinished result
-  with ``BrokenCloudPool`` (a ``BrokenProcessPool``) -- the stdlib leaves them hanging.
+  with ``BrokenCloudPool`` -- the stdlib leaves them hanging, so code written for it
+  catches the ``multiprocessing.TimeoutError`` of ``get(timeout)``, which this also is.
   At interpreter exit, pools still alive are terminated, as the stdlib does.
 
 Differences from the stdlib: a failing ``initializer`` breaks the pool (every task
 raises ``InitializerError``) instead of respawning workers forever; a worker that dies
-fails only its task (``WorkerLostError``) instead of hanging the pool; arguments and
+fails only its task (``WorkerLostError``) instead of hanging the pool. Both errors are
+also ``multiprocessing.TimeoutError``s, what the stdlib's ``get(timeout)`` raises in
+those cases (docs/exceptions.md has the whole table); arguments and
 results travel with cloudpickle, so lambdas and local functions work.
 """
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import cloudpickle
 
 from .. import errors as _errors
+from .. import protocol
 from .. import progress
 from ..config import load_config
 from ..executor import CloudPoolExecutor, partitioned_for
@@ -89,7 +93,8 @@ _Outcome = Tuple[bool, Any]
 # ---------------------------------------------------------------------------- worker side
 def _encode(value: Any) -> bytes:
     try:
-        return cloudpickle.dumps(value, protocol=5)
+        # The main script's classes by reference, so results are instances of the client's.
+        return protocol.dumps(value)
     except Exception as exc:  # noqa: BLE001 - any pickling failure is the stdlib's MaybeEncodingError
         raise MaybeEncodingError(exc, _safe_repr(value)) from None
 
@@ -140,8 +145,13 @@ def _terminated_error() -> BaseException:
 
 
 def _stdlib_error(exc: BaseException) -> BaseException:
-    """Give a worker's error the stdlib Pool's ``RemoteTraceback`` cause."""
+    """Give a worker's error the stdlib Pool's ``RemoteTraceback`` cause (and type)."""
     cause = exc.__cause__
+    if isinstance(exc, _errors.UnpicklableRemoteError):
+        # An error that could not travel back: the stdlib Pool reports that as
+        # MaybeEncodingError. ``_Task`` already raises one in the worker; this covers an
+        # error that still failed to pickle there (the worker then sent this stand-in).
+        exc = MaybeEncodingError(exc, f"<{exc.type_name} raised by the function>")
     if isinstance(cause, _errors.RemoteTraceback):
         exc.__cause__ = RemoteTraceback(cause.tb)
     return exc
@@ -667,7 +677,7 @@ class Pool:
                    chunksize: Optional[int], callback: Optional[Callable[[Any], Any]],
                    error_callback: Optional[Callable[[BaseException], Any]]) -> MapResult:
         self._check_running()
-        iterable = partitioned_for(iterable, self._processes)
+        iterable = partitioned_for(iterable, self._processes, self._executor.config)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         if chunksize is None:
@@ -715,7 +725,7 @@ class Pool:
               ordered: bool) -> IMapIterator:
         self._check_running()
         _check_chunksize(chunksize)
-        core = _IMapCore(self, self._task(func, mode), partitioned_for(iterable, self._processes),
+        core = _IMapCore(self, self._task(func, mode), partitioned_for(iterable, self._processes, self._executor.config),
                          chunksize, ordered)
         self._iterators.add(core)
         return (IMapIterator if ordered else IMapUnorderedIterator)(self, core)

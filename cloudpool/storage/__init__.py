@@ -18,17 +18,19 @@ from .base import ObjectInfo, StorageBackend
 __all__ = ["storages", "split_url", "storage_for", "get_storage", "StorageBackend", "ObjectInfo"]
 
 storages: Registry[StorageBackend] = Registry("storage", "cloudpool.storage")
-storages.register("file", "cloudpool.storage.local:LocalStorage")
-storages.register("s3", "cloudpool.storage.s3:S3Storage", "aws")
-storages.register("cos", "cloudpool.storage.cos:COSStorage", "ibm")
-storages.register("gs", "cloudpool.storage.gcs:GCSStorage", "gcp")
-storages.register("az", "cloudpool.storage.azure:AzureBlobStorage", "azure")
-storages.register("http", "cloudpool.storage.http:HTTPStorage", "http")
-storages.register("https", "cloudpool.storage.http:HTTPSStorage", "http")
-storages.register("redis", "cloudpool.storage.redisdb:RedisStorage", "redis")
-storages.register("swift", "cloudpool.storage.swift:SwiftStorage", "swift")
-storages.register("oss", "cloudpool.storage.oss:OSSStorage", "oss")
-storages.register("infinispan", "cloudpool.storage.infinispan:InfinispanStorage", "http")
+_D = "cloudpool.storage.declared:"
+storages.register("file", "cloudpool.storage.local:LocalStorage", declared=_D + "LOCAL")
+storages.register("s3", "cloudpool.storage.s3:S3Storage", "aws", declared=_D + "S3")
+storages.register("cos", "cloudpool.storage.cos:COSStorage", "ibm", declared=_D + "COS")
+storages.register("gs", "cloudpool.storage.gcs:GCSStorage", "gcp", declared=_D + "GCS")
+storages.register("az", "cloudpool.storage.azure:AzureBlobStorage", "azure", declared=_D + "AZURE")
+storages.register("http", "cloudpool.storage.http:HTTPStorage", "http", declared=_D + "HTTP")
+storages.register("https", "cloudpool.storage.http:HTTPSStorage", "http", declared=_D + "HTTP")
+storages.register("redis", "cloudpool.storage.redisdb:RedisStorage", "redis", declared=_D + "REDIS")
+storages.register("swift", "cloudpool.storage.swift:SwiftStorage", "swift", declared=_D + "SWIFT")
+storages.register("oss", "cloudpool.storage.oss:OSSStorage", "oss", declared=_D + "OSS")
+storages.register("infinispan", "cloudpool.storage.infinispan:InfinispanStorage", "http",
+                  declared=_D + "INFINISPAN")
 # Any other scheme fsspec knows (memory://, ftp://, sftp://, webdav://...), when installed.
 storages.set_fallback("cloudpool.storage.fsspec_bridge:storage_class_for", "fsspec")
 

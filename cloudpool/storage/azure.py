@@ -33,6 +33,7 @@ from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpRe
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ExponentialRetry
 
+from . import declared
 from .base import (Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend, StorageRetry, check_delimiter,
                    positive_int_option)
 
@@ -56,9 +57,8 @@ class AzureBlobStorage(StorageBackend):
     """``az://`` on Azure Blob Storage (or Azurite): one container of one account."""
 
     scheme = "az"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "account_url", "credential",
-                                                         "max_attempts"})
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"connection_string", "credential"})
+    option_names: ClassVar[FrozenSet[str]] = declared.AZURE.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.AZURE.secrets
     #: Blobs per listing page (the service's maximum is 5000; tests lower it).
     list_page_size: ClassVar[int] = 1000
     #: Keys per batch delete request (the service takes at most 256 sub-requests).

@@ -179,10 +179,9 @@ class StorageBackend(ABC):
     def __init__(self, bucket: str, **options: Any) -> None:
         unknown = set(options) - set(self.option_names)
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {sorted(unknown)} for {self.scheme}:// storage; "
-                f"accepted: {sorted(self.option_names) or 'none'}"
-            )
+            from ..config import unknown_options_error  # here: config is not needed otherwise
+
+            raise unknown_options_error(f"{self.scheme}:// storage", unknown, self.option_names)
         self.bucket = bucket
         self.options = dict(options)
 

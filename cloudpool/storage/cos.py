@@ -25,6 +25,7 @@ import ibm_botocore.config
 import ibm_botocore.exceptions
 import ibm_botocore.utils
 
+from . import declared
 from .s3 import S3CompatibleStorage, _SDK
 
 __all__ = ["COSStorage"]
@@ -51,15 +52,8 @@ class COSStorage(S3CompatibleStorage):
 
     scheme = "cos"
     sdk = IBM_BOTO3
-    option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "endpoint_url", "region", "access_key_id", "secret_access_key",
-        "api_key", "service_instance_id", "auth_endpoint", "max_attempts", "retry_mode",
-    })
-    # The instance id only names the COS instance (it is needed to create buckets);
-    # it grants nothing without a key, so it may travel.
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "access_key_id", "secret_access_key", "api_key",
-    })
+    option_names: ClassVar[FrozenSet[str]] = declared.COS.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.COS.secrets
 
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)

@@ -27,6 +27,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from . import declared
 from .base import Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend, check_delimiter
 
 #: Seconds a request keeps being retried when ``retry_timeout`` is not set.
@@ -41,7 +42,7 @@ class GCSStorage(StorageBackend):
     """``gs://`` on Google Cloud Storage or an emulator."""
 
     scheme = "gs"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({"project", "endpoint_url", "retry_timeout"})
+    option_names: ClassVar[FrozenSet[str]] = declared.GCS.options
     #: Objects per listing page (GCS's maximum is 1000; tests lower it to exercise paging).
     list_page_size: ClassVar[int] = 1000
     #: Resumable uploads send parts of this size (a multiple of 256 KiB, as GCS requires).

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, FrozenSet, Iterable, Iterator, NoReturn, Optio
 import requests
 import requests.adapters
 
+from . import declared
 from .base import (TRANSIENT_HTTP_STATUSES, Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry,
                    positive_int_option)
 
@@ -61,9 +62,8 @@ class HTTPStorage(StorageBackend):
 
     scheme = "http"
     writable = False
-    option_names: ClassVar[FrozenSet[str]] = frozenset({"timeout", "headers", "max_attempts"})
-    #: Headers may carry an Authorization token.
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"headers"})
+    option_names: ClassVar[FrozenSet[str]] = declared.HTTP.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.HTTP.secrets
     max_pool_connections: ClassVar[int] = 64
 
     def __init__(self, bucket: str, **options: Any) -> None:

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import requests
 
-from . import _urlauth
+from . import _urlauth, declared
 from .base import (TRANSIENT_HTTP_STATUSES, Bytes, ObjectInfo, StorageBackend, StorageRetry,
                    positive_int_option)
 
@@ -63,10 +63,8 @@ class InfinispanStorage(StorageBackend):
     """Entries of the caches of one Infinispan server."""
 
     scheme = "infinispan"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "username", "password", "auth", "tls", "max_attempts", "timeout",
-    })
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"password"})
+    option_names: ClassVar[FrozenSet[str]] = declared.INFINISPAN.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.INFINISPAN.secrets
     head_threads: ClassVar[int] = 8
 
     def __init__(self, bucket: str, **options: Any) -> None:

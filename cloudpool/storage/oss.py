@@ -26,6 +26,7 @@ from typing import Any, ClassVar, FrozenSet, Iterable, Iterator, Optional
 import oss2
 import oss2.exceptions as oexc
 
+from . import declared
 from .base import (TRANSIENT_HTTP_STATUSES, Bytes, CommonPrefix, ObjectInfo, StorageBackend, StorageRetry,
                    check_delimiter, positive_int_option)
 
@@ -47,12 +48,8 @@ class OSSStorage(StorageBackend):
     """One OSS bucket."""
 
     scheme = "oss"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "endpoint", "access_key_id", "access_key_secret", "security_token", "max_attempts", "timeout",
-    })
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "access_key_id", "access_key_secret", "security_token",
-    })
+    option_names: ClassVar[FrozenSet[str]] = declared.OSS.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.OSS.secrets
     list_page_size: ClassVar[int] = 1000
 
     def __init__(self, bucket: str, **options: Any) -> None:

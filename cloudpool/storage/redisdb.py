@@ -45,7 +45,7 @@ import redis.exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import _urlauth
+from . import _urlauth, declared
 from .base import Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry, positive_int_option
 
 __all__ = ["RedisStorage"]
@@ -73,16 +73,17 @@ class RedisStorage(StorageBackend):
     """``redis://host:port/DB/key``: string values in one Redis server's databases."""
 
     scheme = "redis"
-    option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "username", "password", "max_attempts", "socket_timeout",
-    })
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"password"})
+    option_names: ClassVar[FrozenSet[str]] = declared.REDIS.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.REDIS.secrets
     #: Largest object stored; tests lower it rather than send 512 MiB.
     max_value_size: ClassVar[int] = REDIS_MAX_VALUE
     #: Keys asked for per SCAN step, and per pipelined STRLEN batch of a listing.
     list_page_size: ClassVar[int] = 1000
 
     def __init__(self, bucket: str, **options: Any) -> None:
+        # The configuration's redis section also holds cloudpool.multiprocessing's server
+        # ('url'), which may carry a password: not a storage option, never kept.
+        options = {k: v for k, v in options.items() if k != "url"}
         hostport = _urlauth.split("redis", bucket)
         super().__init__(hostport, **options)
         host, _, port = hostport.rpartition(":")

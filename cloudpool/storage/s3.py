@@ -33,6 +33,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.utils
 
+from . import declared
 from .base import (TRANSIENT_HTTP_STATUSES, Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend,
                    StorageRetry, check_delimiter, positive_int_option)
 
@@ -407,13 +408,8 @@ class S3Storage(S3CompatibleStorage):
 
     scheme = "s3"
     sdk = BOTO3
-    option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "endpoint_url", "region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-        "max_attempts", "retry_mode", "addressing_style", "payload_signing",
-    })
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({
-        "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-    })
+    option_names: ClassVar[FrozenSet[str]] = declared.S3.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.S3.secrets
 
     def _client_kwargs(self) -> Dict[str, Any]:
         o = self.options

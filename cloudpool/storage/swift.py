@@ -34,6 +34,7 @@ import requests
 import swiftclient
 from swiftclient.exceptions import ClientException
 
+from . import declared
 from .base import (TRANSIENT_HTTP_STATUSES, Bytes, CommonPrefix, ObjectInfo, StorageBackend, StorageRetry,
                    check_delimiter, positive_int_option)
 
@@ -67,8 +68,8 @@ class SwiftStorage(StorageBackend):
     """One Swift container."""
 
     scheme = "swift"
-    option_names: ClassVar[FrozenSet[str]] = frozenset(set(_ENV) | {"max_attempts", "timeout"})
-    secret_option_names: ClassVar[FrozenSet[str]] = frozenset({"key", "auth_token"})
+    option_names: ClassVar[FrozenSet[str]] = declared.SWIFT.options
+    secret_option_names: ClassVar[FrozenSet[str]] = declared.SWIFT.secrets
     #: Objects per listing request (Swift's default and maximum: 10000).
     list_page_size: ClassVar[int] = 10000
     delete_threads: ClassVar[int] = 8

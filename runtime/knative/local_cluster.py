@@ -318,6 +318,11 @@ class LocalCluster:
         # Lets code running on a host tell which host it is (tests, benchmarks).
         env[HOST_INDEX_ENV] = str(host.index)
         env["PYTHONUNBUFFERED"] = "1"
+        # A host's temporary files (its workers' module bundles...) stay inside the
+        # cluster's directory: kill() gives the processes no chance to remove them, stop()
+        # removes the directory.
+        env["TMPDIR"] = os.path.join(self.log_dir, f"host{host.index}-tmp")
+        os.makedirs(env["TMPDIR"], exist_ok=True)
         log = open(host.log_path, "ab")
         try:
             host.proc = subprocess.Popen(

@@ -1,0 +1,27 @@
+"""The options each built-in compute backend declares, importable without its SDK.
+
+Like ``cloudpool.storage.declared``: the configuration checks every option of a
+backend's section when it is loaded, for every backend named in it, without importing
+boto3 or the Kubernetes client; each backend class takes its ``option_names`` from here.
+"""
+from __future__ import annotations
+
+from ..registry import Declared
+
+LOCAL = Declared(frozenset({"start_method", "mp_context", "max_tasks_per_child", "notices"}))
+
+KNATIVE = Declared(frozenset({"url", "urls", "token", "concurrency", "request_timeout",
+                              "retry_seconds", "notices"}))
+
+AWS_LAMBDA = Declared(frozenset({
+    "function_name", "region", "role", "memory_mb", "timeout", "endpoint_url", "package_type",
+    "image_uri", "invoke_concurrency", "retry_seconds", "architecture", "runtime",
+}))
+
+KUBERNETES = Declared(frozenset({
+    "namespace", "image", "runtime", "image_pull_secrets", "image_pull_policy", "service_account",
+    "cpu", "memory", "cpu_limit", "memory_limit", "env_from_secrets", "labels",
+    "kubeconfig", "context", "in_cluster", "ttl_seconds_after_finished", "backoff_limit",
+    "backoff_limit_per_index", "collect_window", "status_interval", "pod_start_timeout",
+    "api_timeout",
+}))
