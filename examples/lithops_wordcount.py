@@ -7,7 +7,8 @@ The program is written as Lithops' documentation describes: a function whose par
 is named ``obj`` is mapped over a storage prefix, Lithops' partitioner gives each call
 one chunk of an object (``obj.data_stream``), ``get_result()`` collects the partial
 counts and the client reduces them. With ``import lithops`` in place of the line below
-it is a Lithops program again.
+it is a Lithops program again; ``python -m cloudpool.compat.lithops_alias PROGRAM.py`` runs
+such a program with its ``import lithops`` line kept.
 """
 import cloudpool.compat.lithops as lithops
 

@@ -132,6 +132,16 @@ else
     mv "$CF_TEST.part" "$CF_TEST"
 fi
 
+# -- 5. Lithops' own tests (tests/test_lithops_suite.py), from its sdist on PyPI --------
+LITHOPS_SDIST="$CACHE/lithops-3.7.0.tar.gz"
+if [ -s "$LITHOPS_SDIST" ]; then
+    step "lithops tests (sdist)" "ok (already there)"
+else
+    step "lithops tests (sdist)" "downloading lithops==3.7.0's source distribution ..."
+    "$PY" -m pip download --quiet --disable-pip-version-check --no-input --no-binary :all: \
+        --no-deps --no-build-isolation "lithops==3.7.0" -d "$CACHE"
+fi
+
 # podman + local images for tests/test_aws_lambda.py's container tier (LambdaContainerTest).
 # CLOUDPOOL_SKIP_LAMBDA_TIER=1 leaves it out (no podman, runc, debootstrap, no ~300 MB of
 # images); scripts/test.sh then deselects that test class.

@@ -187,6 +187,14 @@ class JoblibSnippetTest(SnippetTestCase):
                 self.assertEqual(self.run_ok("joblib_gridsearch.py", method, cwd), [expected])
 
 
+class LithopsSnippetTest(SnippetTestCase):
+    def test_lithops_program_with_its_import_changed(self) -> None:
+        expected = [str([2 * x for x in (1, 2, 3)])]
+        for method in START_METHODS:
+            with self.subTest(method=method), tempfile.TemporaryDirectory() as cwd:
+                self.assertEqual(self.run_ok("lithops_program.py", method, cwd), expected)
+
+
 class PoolSnippetTest(SnippetTestCase):
     def test_same_output_as_the_stdlib_pool(self) -> None:
         with multiprocessing.get_context("spawn").Pool(2) as pool:

@@ -16,16 +16,28 @@ everything else (batching, storage, backends, futures) is ``CloudPoolExecutor``'
 
 What is translated
 ------------------
-- ``FunctionExecutor(backend=, storage=, config=, ...)``: Lithops backend names map to
-  cloudpool's (``localhost`` -> ``local``, ``k8s`` -> ``kubernetes``, others as they are);
-  ``storage`` is a cloudpool storage URL, ``"localhost"``, or a Lithops storage name with
-  its bucket in ``config`` (``{"aws_s3": {"storage_bucket": ...}}``). A ``config`` with a
-  ``lithops`` section is read as a Lithops config (the keys in ``_LITHOPS_KEYS`` and the
-  S3 sections); any other ``config`` is a cloudpool config.
+- ``FunctionExecutor(backend=, storage=, config=, config_file=, ...)``: Lithops backend
+  names map to cloudpool's (``localhost`` -> ``local``, ``k8s`` -> ``kubernetes``, others
+  as they are); ``storage`` is a cloudpool storage URL, ``"localhost"``, or a Lithops
+  storage name with its bucket in ``config``. A ``config`` with Lithops sections
+  (``lithops``, ``localhost``, ``aws_s3``, ``minio``...) is a Lithops config, translated
+  by ``_lithops_config`` (every documented key is mapped or logged at debug); any other
+  ``config`` is a cloudpool config. Without ``config``, Lithops' config file is read if
+  there is one (``LITHOPS_CONFIG_FILE``, ``.lithops_config``, ``~/.lithops/config``).
+  ``runtime_memory`` sets the Lambda memory; per-call ``timeout`` runs the calls on an
+  executor with that time limit; ``extra_env`` is set around each call on the worker.
+- ``Storage``, ``CloudObject`` and the injected ``storage`` parameter
+  (``_lithops_storage``); ``RetryingFunctionExecutor``; ``setup_lithops_logger``;
+  ``default_config``/``extract_storage_config``; ``FuturesList.map`` (chaining).
+  ``python -m cloudpool.compat.lithops_alias program.py`` runs a program that keeps its
+  ``import lithops`` lines.
 - Arguments, as in Lithops: each ``map_iterdata`` item is one call; a ``tuple`` item is
-  the positional arguments, a ``dict`` item the keyword arguments, anything else the
-  first argument; ``extra_args`` (a tuple, or a dict for dict items) is appended to
-  every item. A parameter named ``id`` receives the call's index.
+  the positional arguments, a ``dict`` item the keyword arguments (the value under the
+  name of the function's ``*args``/``**kwargs`` parameter is spread, as Lithops does),
+  anything else the first argument; ``extra_args`` (a tuple, or a dict for dict items) is
+  appended to every item. A parameter named ``id`` receives the call's index, one named
+  ``storage`` a ``Storage`` on the executor's storage. A function that returns futures
+  (of an executor it opened) returns their results, as Lithops composes them.
 - Data processing: a function with a parameter named ``obj`` whose value is a URL gets
   one call per partition of the objects under it (``cloudpool.objects``): ``s3://``,
   ``cos://``, ``gs://``, ``az://``, ``http(s)://``, a local path, Lithops' own
@@ -44,27 +56,31 @@ What is translated
 
 Differences, each deliberate
 ----------------------------
-- Futures are ``concurrent.futures.Future``s (``result(timeout=None)``), not Lithops'
-  ``ResponseFuture``; ``concurrent.futures.wait``/``as_completed`` work on them.
+- Futures are ``concurrent.futures.Future``s (``result(timeout=None)``) with Lithops'
+  ``call_id``, ``error``, ``success`` and ``ready`` attributes, not Lithops'
+  ``ResponseFuture``; ``concurrent.futures.wait``/``as_completed`` work on them; they
+  cannot be pickled (pickle results instead).
 - ``map_reduce`` invokes its reducer once every map call has finished (Lithops may start
   it earlier to wait on the workers); the results are the same. ``spawn_reducer`` is
   accepted and checked, and has no other effect.
-- ``chunksize``, ``threadpool_size``, ``wait_dur_sec``, ``show_progressbar`` and
-  ``download_results`` are accepted: cloudpool sizes batches from measured call times,
-  fetches results in parallel and polls adaptively on its own.
-- Arguments with no cloudpool equivalent raise ``LithopsCompatError`` (a ``ValueError``)
-  naming the argument and what to use instead, before anything runs: ``extra_env``,
-  ``runtime_memory``, per-call ``timeout`` (set ``config={"timeout": ...}`` on the
-  executor), ``include_modules``/``exclude_modules``, cloud objects in ``clean``, and
-  functions that take Lithops' injected ``storage``/``ibm_cos``/``rabbitmq`` clients.
+- ``chunksize``, ``threadpool_size``, ``wait_dur_sec``, ``show_progressbar``,
+  ``download_results``, ``include_modules``/``exclude_modules`` and per-call
+  ``runtime_memory`` on backends without a memory setting are accepted and have no
+  effect: cloudpool sizes batches from measured call times, fetches results in parallel,
+  polls adaptively and pickles functions with cloudpickle.
+- Refused, naming the argument and what to use instead (``LithopsCompatError``, a
+  ``ValueError``), before anything runs: standalone (VM) mode and backends, storages
+  cloudpool has no backend for (redis, swift, infinispan...), ``call_async`` over an
+  ``obj`` URL, functions taking Lithops' ``ibm_cos``/``rabbitmq`` clients, ``plot()``.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import inspect
+import logging
 import math
 import os
-import tempfile
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -74,11 +90,18 @@ from ..executor import CloudPoolExecutor
 from ..objects import ObjectPart
 from ..objects import objects as _make_objects
 from ..storage import split_url
+from . import _lithops_config
+from ._lithops_config import LithopsCompatError, default_config, extract_storage_config, load_yaml_config
+from ._lithops_config import unsupported as _unsupported
+from ._lithops_storage import CloudObject, Storage, StorageNoSuchKeyError
+from ._lithops_storage import localhost_root as default_localhost_root
 
 __all__ = [
-    "FunctionExecutor", "LocalhostExecutor", "ServerlessExecutor", "FuturesList",
-    "CloudObjectPart", "LithopsCompatError", "wait", "get_result",
-    "ALWAYS", "ANY_COMPLETED", "ALL_COMPLETED",
+    "FunctionExecutor", "LocalhostExecutor", "ServerlessExecutor", "RetryingFunctionExecutor",
+    "FuturesList", "Storage", "CloudObject", "CloudObjectPart", "LithopsCompatError", "wait",
+    "get_result", "setup_lithops_logger", "ALWAYS", "ANY_COMPLETED", "ALL_COMPLETED",
+    "RetryingFuture", "StorageNoSuchKeyError", "default_config", "extract_storage_config",
+    "load_yaml_config", "default_localhost_root",
 ]
 
 #: ``return_when`` values, as in Lithops: the percentage of calls that must be done
@@ -86,6 +109,8 @@ __all__ = [
 ALWAYS = 0
 ANY_COMPLETED = -1
 ALL_COMPLETED = 100
+
+_logger = logging.getLogger("cloudpool.compat.lithops")
 
 #: Lithops compute backend names that differ from cloudpool's.
 _BACKENDS = {"localhost": "local", "k8s": "kubernetes"}
@@ -101,29 +126,11 @@ _SCHEMES = {
 #: cloudpool scheme -> the name Lithops gives that storage (``obj.backend``).
 _LITHOPS_STORAGE_NAMES = {"s3": "aws_s3", "cos": "ibm_cos", "gs": "gcp_storage",
                           "az": "azure_storage", "file": "localhost", "http": "http", "https": "https"}
-#: Parameters Lithops fills in itself; only ``id`` has a cloudpool meaning.
+#: Parameters Lithops fills in itself: the call's index and a storage client.
 _INJECTED = ("id", "storage", "ibm_cos", "rabbitmq")
-#: Keys of a Lithops config's ``lithops`` section that are understood.
-_LITHOPS_KEYS = {"backend", "storage", "mode", "log_level", "data_limit", "execution_timeout",
-                 "data_cleaner", "monitoring", "storage_bucket"}
-#: Lithops S3-like storage sections and how their keys map to cloudpool's s3 options.
-_S3_SECTIONS = ("aws_s3", "minio", "ceph")
-_S3_KEYS = {"endpoint": "endpoint_url", "region": "region", "region_name": "region",
-            "access_key_id": "aws_access_key_id", "secret_access_key": "aws_secret_access_key",
-            "session_token": "aws_session_token", "storage_bucket": None}
-
-
-class LithopsCompatError(ValueError):
-    """A Lithops argument or feature that cloudpool does not provide; the message says what to use."""
-
-
-def _unsupported(name: str, instead: str) -> LithopsCompatError:
-    return LithopsCompatError(f"cloudpool.compat.lithops does not support {name}: {instead}")
-
-
-def default_localhost_root() -> str:
-    """Where Lithops' localhost storage keeps its buckets (``<tmp>/lithops-<user>``)."""
-    return os.path.join(os.path.realpath(tempfile.gettempdir()), f"lithops-{os.getenv('USER', 'root')}")
+#: Top-level keys that mark a config dict as a Lithops config (not a cloudpool one).
+_LITHOPS_SECTIONS = {"lithops", "localhost", "aws", "aws_s3", "minio", "ceph", "ibm", "ibm_cos",
+                     "gcp", "gcp_storage", "azure_storage", "k8s", "serverless", "standalone"}
 
 
 # ---------------------------------------------------------------------------- the obj argument
@@ -197,6 +204,43 @@ class CloudObjectPart:
 
 
 # ---------------------------------------------------------------------------- futures helpers
+class _LithopsFutureMixin:
+    """Lithops' ``ResponseFuture`` attributes on cloudpool's futures: ``call_id`` (the
+    call's index in its map, as Lithops' 5-digit string), ``error`` (the call raised),
+    ``success`` and ``ready`` (done without error). Mixed into the future's own class,
+    so the future stays a ``concurrent.futures.Future``."""
+
+    _lithops_call_id: int = 0
+
+    @property
+    def call_id(self) -> str:
+        return f"{self._lithops_call_id:05d}"
+
+    @property
+    def error(self) -> bool:
+        return self.done() and (self.cancelled() or self.exception() is not None)  # type: ignore[attr-defined]
+
+    @property
+    def success(self) -> bool:
+        return self.done() and not self.error  # type: ignore[attr-defined]
+
+    ready = success
+
+
+_LITHOPS_FUTURE_TYPES: Dict[type, type] = {}
+
+
+def _as_lithops_future(future: cf.Future, call_id: int) -> cf.Future:
+    cls = type(future)
+    if not issubclass(cls, _LithopsFutureMixin):
+        sub = _LITHOPS_FUTURE_TYPES.get(cls)
+        if sub is None:
+            sub = _LITHOPS_FUTURE_TYPES[cls] = type(f"Lithops{cls.__name__}", (cls, _LithopsFutureMixin), {})
+        future.__class__ = sub
+    future._lithops_call_id = call_id  # type: ignore[attr-defined]
+    return future
+
+
 class FuturesList(list):
     """The list of futures ``map`` returns, with Lithops' ``wait``/``get_result`` shortcuts."""
 
@@ -213,6 +257,18 @@ class FuturesList(list):
         if self._executor is not None:
             return self._executor.get_result(fs=self, **kwargs)
         return get_result(self, **kwargs)
+
+    def _chain_executor(self) -> "FunctionExecutor":
+        if self._executor is None:
+            raise ValueError("this FuturesList belongs to no FunctionExecutor: call map() on the executor")
+        return self._executor
+
+    def map(self, map_function: Callable, **kwargs: Any) -> "FuturesList":
+        """Lithops' function chaining: ``map_function`` over these calls' results."""
+        return self._chain_executor().map(map_function, self, **kwargs)
+
+    def map_reduce(self, map_function: Callable, reduce_function: Callable, **kwargs: Any) -> "FuturesList":
+        return self._chain_executor().map_reduce(map_function, self, reduce_function, **kwargs)
 
 
 def _as_futures(fs: Any) -> List[cf.Future]:
@@ -290,59 +346,7 @@ def get_result(fs: Any, throw_except: bool = True, timeout: Optional[float] = No
     return results[0] if isinstance(fs, cf.Future) else results
 
 
-# ---------------------------------------------------------------------------- config translation
-def _translate_lithops_config(config: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """A Lithops config -> (cloudpool config, Lithops-level settings: backend, storage, bucket)."""
-    out: Dict[str, Any] = {}
-    settings: Dict[str, Any] = {}
-    lith = config.get("lithops") or {}
-    if not isinstance(lith, Mapping):
-        raise LithopsCompatError(f"config['lithops'] must be a mapping, not {type(lith).__name__}")
-    unknown = sorted(set(lith) - _LITHOPS_KEYS)
-    if unknown:
-        raise _unsupported(f"the Lithops config key(s) lithops.{', lithops.'.join(unknown)}",
-                           f"cloudpool understands lithops.{', lithops.'.join(sorted(_LITHOPS_KEYS))}; "
-                           f"give other settings as a cloudpool config (see cloudpool.config.SETTINGS)")
-    if lith.get("monitoring") not in (None, "storage"):
-        raise _unsupported(f"monitoring={lith['monitoring']!r}",
-                           "cloudpool watches calls through their status objects in storage "
-                           "(Lithops' 'storage' monitoring); remove the setting")
-    if lith.get("mode") == "standalone":
-        raise _unsupported("mode='standalone'", "use a serverless or local backend")
-    if lith.get("execution_timeout") is not None:
-        out["timeout"] = lith["execution_timeout"]
-    if lith.get("data_cleaner") is not None:
-        out["keep_data"] = not lith["data_cleaner"]
-    settings["backend"] = lith.get("backend") or ("localhost" if lith.get("mode") == "localhost" else None)
-    settings["storage"] = lith.get("storage")
-    settings["bucket"] = lith.get("storage_bucket")
-    for section, options in config.items():
-        if section == "lithops":
-            continue
-        if section == "localhost" and not options:
-            continue
-        if section in _S3_SECTIONS:
-            if not isinstance(options, Mapping):
-                raise LithopsCompatError(f"config[{section!r}] must be a mapping")
-            bad = sorted(set(options) - set(_S3_KEYS))
-            if bad:
-                raise _unsupported(f"the key(s) {', '.join(bad)} in config[{section!r}]",
-                                   f"the understood keys are {', '.join(sorted(_S3_KEYS))}")
-            s3 = out.setdefault("s3", {})
-            for key, value in options.items():
-                if _S3_KEYS[key] is not None:
-                    s3[_S3_KEYS[key]] = value
-            if options.get("storage_bucket"):
-                settings.setdefault("buckets", {})[section] = options["storage_bucket"]
-            continue
-        raise _unsupported(f"the Lithops config section {section!r}",
-                           f"without a 'lithops' section, config= is a cloudpool config: give the "
-                           f"backend's cloudpool options there (e.g. config={{'{section}': {{...}}}}) "
-                           f"and translate S3 settings to config={{'s3': {{'endpoint_url': ...}}}}")
-    return out, settings
-
-
-def _storage_url(storage: Optional[str], buckets: Mapping[str, str], bucket: Optional[str]) -> Optional[str]:
+def _storage_url(storage: Optional[str], bucket: Optional[str]) -> Optional[str]:
     """A Lithops storage name or a cloudpool URL -> a cloudpool storage URL (None: default)."""
     if storage is None:
         return None
@@ -358,12 +362,68 @@ def _storage_url(storage: Optional[str], buckets: Mapping[str, str], bucket: Opt
             f"unknown storage {storage!r}: give a cloudpool storage URL (s3://bucket/prefix, "
             f"gs://..., az://..., cos://..., a local path) or one of the Lithops names "
             f"{', '.join(sorted(k for k, v in _SCHEMES.items() if '_' in k or k in ('minio', 'ceph', 'localhost')))}")
-    name_bucket = buckets.get(storage) or bucket
-    if not name_bucket:
+    if not bucket:
         raise LithopsCompatError(
             f"storage {storage!r} names no bucket: pass storage='{scheme}://BUCKET/PREFIX', or "
             f"config={{'lithops': {{'storage': '{storage}'}}, '{storage}': {{'storage_bucket': 'BUCKET'}}}}")
-    return f"{scheme}://{name_bucket}/cloudpool"
+    return f"{scheme}://{bucket}/cloudpool"
+
+
+def _is_lithops_config(config: Mapping[str, Any]) -> bool:
+    return any(key in _LITHOPS_SECTIONS for key in config)
+
+
+class _LithopsCall:
+    """What a worker runs for one Lithops call: ``extra_env`` set around the call, and
+    futures the function returns resolved to their results (Lithops composes them)."""
+
+    def __init__(self, func: Callable, extra_env: Optional[Mapping[str, str]] = None) -> None:
+        self.func = func
+        self.extra_env = dict(extra_env or {})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        saved = {k: os.environ.get(k) for k in self.extra_env}
+        os.environ.update(self.extra_env)
+        try:
+            return _resolve(self.func(*args, **kwargs))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _resolve(value: Any) -> Any:
+    """A future -> its result; a non-empty list of futures -> their results (else as is)."""
+    if isinstance(value, cf.Future):
+        return value.result()
+    if isinstance(value, list) and value and all(isinstance(v, cf.Future) for v in value):
+        return [f.result() for f in value]
+    return value
+
+
+def setup_lithops_logger(log_level: Any = logging.INFO, log_format: Optional[str] = None,
+                         stream: Any = None, filename: Optional[str] = None) -> None:
+    """Lithops' logger set-up, for cloudpool's loggers: a handler on ``cloudpool`` at ``log_level``."""
+    if log_level is None or log_level is False:
+        return
+    if isinstance(log_level, str):
+        level = logging.getLevelName(log_level.upper())
+        if not isinstance(level, int):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {log_level!r}")
+        log_level = level
+    if isinstance(stream, str) and stream.startswith("ext://sys."):
+        stream = getattr(sys, stream.rpartition(".")[2])
+    handler: logging.Handler = (logging.FileHandler(filename) if filename
+                                else logging.StreamHandler(stream or sys.stderr))
+    handler.setFormatter(logging.Formatter(log_format or "%(asctime)s [%(levelname)s] %(name)s -- %(message)s"))
+    for name in ("cloudpool", "lithops"):
+        log = logging.getLogger(name)
+        log.setLevel(log_level)
+        if not any(getattr(h, "_cloudpool_lithops", False) for h in log.handlers):
+            handler._cloudpool_lithops = True  # type: ignore[attr-defined]
+            log.addHandler(handler)
 
 
 # ---------------------------------------------------------------------------- the executor
@@ -371,11 +431,14 @@ class FunctionExecutor:
     """Lithops' ``FunctionExecutor`` over a ``CloudPoolExecutor`` (see the module docstring).
 
     ``backend``/``storage``/``config`` choose where calls run and where their data
-    lives (``None``: cloudpool's configuration, else local processes and a local
-    directory). ``localhost_root`` is the directory that ``localhost://bucket/...`` URLs
-    name. Further keyword arguments are options of the cloudpool backend, as Lithops
-    passes them to its compute backend; ``max_workers`` and ``runtime`` are cloudpool's.
-    ``log_level`` is accepted and ignored: cloudpool logs through ``logging``.
+    lives. ``config`` is a Lithops config (a dict with a ``lithops`` section or Lithops'
+    backend/storage sections) or a cloudpool config; without ``config``, the Lithops
+    config file is read if there is one (``config_file``, ``LITHOPS_CONFIG_FILE``,
+    ``~/.lithops/config``), else cloudpool's configuration. ``localhost_root`` is the
+    directory that ``localhost://bucket/...`` URLs name. ``runtime_memory``,
+    ``runtime_timeout``, ``log_level`` and other Lithops options without a cloudpool
+    meaning are accepted (see ``_lithops_config``); any other keyword argument is an
+    option of the cloudpool backend.
     """
 
     def __init__(self, mode: Optional[str] = None, config: Optional[Mapping[str, Any]] = None,
@@ -383,37 +446,59 @@ class FunctionExecutor:
                  storage: Optional[str] = None, monitoring: Optional[str] = None,
                  log_level: Any = False, *, localhost_root: Optional[str] = None,
                  max_workers: Optional[int] = None, runtime: Optional[str] = None,
+                 runtime_memory: Optional[int] = None, runtime_timeout: Optional[int] = None,
+                 remote_invoker: Optional[bool] = None, worker_processes: Optional[int] = None,
                  **backend_options: Any) -> None:
-        if config_file is not None:
-            raise _unsupported("config_file", "cloudpool reads ~/.cloudpool/config.yaml or the file "
-                               "named by CLOUDPOOL_CONFIG; or pass config={...}, backend= and storage=")
         if monitoring not in (None, "storage"):
-            raise _unsupported(f"monitoring={monitoring!r}", "cloudpool watches calls through their "
-                               "status objects in storage; leave monitoring unset")
+            _logger.debug("monitoring=%r: cloudpool watches calls through their status objects; ignored",
+                          monitoring)
         if mode not in (None, "localhost", "serverless"):
             raise _unsupported(f"mode={mode!r}", "use mode='serverless' (the configured backend) or "
                                "'localhost' (local processes)")
-        for name in ("runtime_memory", "runtime_timeout"):
-            if backend_options.get(name) is not None:
-                raise _unsupported(f"{name}={backend_options[name]!r}", "set the backend's own option "
-                                   "in config, e.g. config={'aws_lambda': {'memory_mb': 2048}} or "
-                                   "config={'timeout': SECONDS}")
+        for name, value in (("runtime_timeout", runtime_timeout), ("remote_invoker", remote_invoker),
+                            ("worker_processes", worker_processes)):
+            if value is not None:
+                _logger.debug("%s=%r has no cloudpool meaning; ignored", name, value)
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, not {type(config).__name__}")
+        if config is None:
+            path = _lithops_config.config_file_path(config_file)
+            if path is not None:
+                config = load_yaml_config(path)
         settings: Dict[str, Any] = {}
         cp_config: Dict[str, Any] = {}
-        if config and "lithops" in config:
-            cp_config, settings = _translate_lithops_config(config)
+        self.config: Dict[str, Any] = {}
+        if config and _is_lithops_config(config):
+            self.config = dict(config)
+            cp_config, settings = _lithops_config.translate(config)
         elif config:
             cp_config = dict(config)
+        if log_level:
+            setup_lithops_logger(log_level)
         backend = backend or settings.get("backend") or ("localhost" if mode == "localhost" else None)
         storage = storage or settings.get("storage")
         if backend is not None:
             backend = _BACKENDS.get(backend, backend)
-        storage_url = _storage_url(storage, settings.get("buckets", {}), settings.get("bucket"))
-        self._executor = CloudPoolExecutor(max_workers, backend=backend, storage=storage_url,
-                                           runtime=runtime, config=cp_config, **backend_options)
+        if runtime_memory is not None:
+            if backend == "aws_lambda":
+                cp_config.setdefault("aws_lambda", {})["memory_mb"] = int(runtime_memory)
+            else:
+                _logger.debug("runtime_memory=%r has no meaning on the %s backend; ignored",
+                              runtime_memory, backend or "configured")
+        storage_url = _storage_url(storage, settings.get("bucket"))
+        if storage_url is not None and settings.get("storage_options"):
+            scheme = split_url(storage_url)[0]
+            cp_config.setdefault(scheme, {}).update(settings["storage_options"])
+        if max_workers is None:
+            max_workers = settings.get("max_workers")
+        self._make_args = dict(backend=backend, storage=storage_url, runtime=runtime, **backend_options)
+        self._max_workers = max_workers
+        self._cp_config = cp_config
+        self._executor = CloudPoolExecutor(max_workers, config=cp_config, **self._make_args)
+        self._by_timeout: Dict[float, CloudPoolExecutor] = {}
         self._localhost_root = os.path.abspath(localhost_root or default_localhost_root())
+        self._storage: Optional[Storage] = None
+        self._wrappers: Dict[Tuple[int, Tuple[Tuple[str, str], ...]], _LithopsCall] = {}
         self._lock = threading.Lock()
         self._futures: List[cf.Future] = []
         self._read: set = set()        # ids of futures whose results get_result() returned
@@ -431,6 +516,25 @@ class FunctionExecutor:
     def futures(self) -> List[cf.Future]:
         return list(self._futures)
 
+    @property
+    def storage(self) -> Storage:
+        """The Lithops ``Storage`` a function's ``storage`` parameter receives."""
+        if self._storage is None:
+            if self.config:
+                self._storage = Storage(storage_config=extract_storage_config(self.config),
+                                        localhost_root=self._localhost_root)
+            else:
+                scheme, bucket, _key = split_url(self._executor.config["storage"])
+                name = _LITHOPS_STORAGE_NAMES.get(scheme, "localhost")
+                if scheme == "file":
+                    self._storage = Storage(storage_config={"backend": "localhost", "localhost": {}},
+                                            localhost_root=self._localhost_root)
+                else:
+                    self._storage = Storage(storage_config={"backend": name, name: {
+                        "storage_bucket": bucket,
+                        **{f"_cloudpool_{k}": v for k, v in self._executor.config.section(scheme).items()}}})
+        return self._storage
+
     def __enter__(self) -> "FunctionExecutor":
         return self
 
@@ -439,24 +543,45 @@ class FunctionExecutor:
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the executor (what leaving the ``with`` block does)."""
-        self._executor.shutdown(wait=wait)
+        for ex in [self._executor, *self._by_timeout.values()]:
+            ex.shutdown(wait=wait)
+
+    def _executor_for(self, timeout: Optional[float]) -> CloudPoolExecutor:
+        """The executor with call time limit ``timeout`` (Lithops' per-call ``timeout=``)."""
+        if timeout is None or timeout == self._executor.config["timeout"]:
+            return self._executor
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        with self._lock:
+            ex = self._by_timeout.get(timeout)
+            if ex is None:
+                self._executor._check_usable()
+                ex = self._by_timeout[timeout] = CloudPoolExecutor(
+                    self._max_workers, config={**self._cp_config, "timeout": timeout}, **self._make_args)
+            return ex
+
+    def _call_for(self, func: Callable, extra_env: Optional[Mapping[str, str]]) -> _LithopsCall:
+        """One wrapper per (function, environment), so cloudpool ships the function once."""
+        if extra_env is not None and not isinstance(extra_env, Mapping):
+            raise TypeError(f"extra_env must be a dict of environment variables, not {type(extra_env).__name__}")
+        env = tuple(sorted((str(k), str(v)) for k, v in (extra_env or {}).items()))
+        with self._lock:
+            call = self._wrappers.get((id(func), env))
+            if call is None or call.func is not func:
+                call = self._wrappers[(id(func), env)] = _LithopsCall(func, dict(env))
+            return call
 
     @staticmethod
     def _reject(name: str, value: Any, instead: str) -> None:
         if value:  # None, [], {} and False are the Lithops defaults
             raise _unsupported(f"{name}={value!r}", instead)
 
-    def _check_common(self, extra_env: Any, runtime_memory: Any, timeout: Any,
-                      include_modules: Any, exclude_modules: Any, memory_name: str = "runtime_memory") -> None:
-        self._reject("extra_env", extra_env, "workers use their own environment; set variables in "
-                     "the runtime image or backend configuration, or pass the values as arguments")
-        self._reject(memory_name, runtime_memory, "set the backend's memory option in the executor's "
-                     "config, e.g. FunctionExecutor(config={'aws_lambda': {'memory_mb': 2048}})")
-        self._reject("timeout", timeout, "cloudpool's call time limit is per executor: "
-                     "FunctionExecutor(config={'timeout': SECONDS})")
-        for name, value in (("include_modules", include_modules), ("exclude_modules", exclude_modules)):
-            self._reject(name, value, "functions are pickled with cloudpickle and the modules they "
-                         "import must be installed in the runtime; remove the argument")
+    def _check_common(self, runtime_memory: Any, include_modules: Any, exclude_modules: Any,
+                      memory_name: str = "runtime_memory") -> None:
+        for name, value in ((memory_name, runtime_memory), ("include_modules", include_modules),
+                            ("exclude_modules", exclude_modules)):
+            if value:
+                _logger.debug("%s=%r has no per-call meaning in cloudpool; ignored", name, value)
 
     def _record(self, futures: List[cf.Future], call: str) -> None:
         with self._lock:
@@ -468,23 +593,36 @@ class FunctionExecutor:
         if not callable(func):
             raise TypeError(f"the function to run must be callable, not {type(func).__name__}")
         sig = inspect.signature(func)
-        for name in ("storage", "ibm_cos", "rabbitmq"):
+        for name in ("ibm_cos", "rabbitmq"):
             if name in sig.parameters:
                 raise _unsupported(
                     f"a function parameter named {name!r} (Lithops injects its own client there)",
-                    "create a client in the function instead, e.g. cloudpool.Storage('s3://bucket/prefix'), "
-                    "or rename the parameter")
+                    "take a parameter named 'storage' (a Lithops Storage on the executor's storage) "
+                    "or create a client in the function, e.g. cloudpool.Storage('s3://bucket/prefix')")
         user = sig.replace(parameters=[p for n, p in sig.parameters.items() if n not in _INJECTED])
         return sig, user
 
     @staticmethod
-    def _item_args(item: Any, extra_args: Any) -> Tuple[tuple, dict]:
-        """One iterdata item (+ extra_args) -> positional and keyword arguments, Lithops' way."""
+    def _item_args(sig: inspect.Signature, item: Any, extra_args: Any) -> Tuple[tuple, dict]:
+        """One iterdata item (+ extra_args) -> positional and keyword arguments, Lithops' way.
+
+        A dict item names the arguments; as in Lithops, the value under the name of the
+        function's ``*args`` parameter is spread as positional arguments and the one under
+        its ``**kwargs`` parameter as keyword arguments (so decorated functions work).
+        """
         if isinstance(item, dict):
             if extra_args is not None and not isinstance(extra_args, dict):
                 raise TypeError(f"extra_args must be a dict when the data items are dicts (keyword "
                                 f"arguments), not {type(extra_args).__name__}")
-            return (), {**item, **(extra_args or {})}
+            payload = {**item, **(extra_args or {})}
+            args: tuple = ()
+            for name, p in sig.parameters.items():
+                if p.kind == inspect.Parameter.VAR_POSITIONAL and name in payload:
+                    args = tuple(payload.pop(name) or ())
+            for name, p in sig.parameters.items():
+                if p.kind == inspect.Parameter.VAR_KEYWORD and isinstance(payload.get(name), Mapping):
+                    payload = {**payload.pop(name), **payload}
+            return args, payload
         if extra_args is not None and not isinstance(extra_args, (tuple, list)):
             raise TypeError(f"extra_args must be a tuple (appended to each item's positional "
                             f"arguments), not {type(extra_args).__name__}")
@@ -495,27 +633,32 @@ class FunctionExecutor:
 
     def _bind(self, func: Callable, sig: inspect.Signature, user: inspect.Signature, item: Any,
               extra_args: Any) -> inspect.BoundArguments:
-        args, kwargs = self._item_args(item, extra_args)
+        args, kwargs = self._item_args(sig, item, extra_args)
         try:
             return user.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"data item {item!r} does not fit {getattr(func, '__name__', func)}"
                             f"{user}: {exc}") from None
 
-    @staticmethod
-    def _call_args(sig: inspect.Signature, bound: inspect.BoundArguments,
+    def _call_args(self, sig: inspect.Signature, bound: inspect.BoundArguments,
                    call_id: int) -> Tuple[tuple, dict]:
-        if "id" not in sig.parameters:
+        injected = {}
+        if "id" in sig.parameters:
+            injected["id"] = call_id
+        if "storage" in sig.parameters:
+            injected["storage"] = self.storage
+        if not injected:
             return bound.args, bound.kwargs
         kinds = {p.kind for p in sig.parameters.values()}
         if inspect.Parameter.VAR_POSITIONAL in kinds or inspect.Parameter.POSITIONAL_ONLY in kinds:
-            raise _unsupported("an 'id' parameter next to *args or positional-only parameters",
+            raise _unsupported(f"an {' or '.join(repr(n) for n in injected)} parameter next to *args or "
+                               f"positional-only parameters",
                                "Lithops passes every argument by name; make them ordinary parameters")
         kwargs = dict(bound.arguments)
         for name, p in sig.parameters.items():
             if p.kind == inspect.Parameter.VAR_KEYWORD and name in kwargs:
                 kwargs.update(kwargs.pop(name))  # **kw arrives as one dict entry: spread it
-        kwargs["id"] = call_id
+        kwargs.update(injected)
         return (), kwargs
 
     # ------------------------------------------------------------------ object URLs
@@ -597,13 +740,14 @@ class FunctionExecutor:
                    include_modules: Optional[List[str]] = None,
                    exclude_modules: Optional[List[str]] = None, *, extra_args: Any = None) -> cf.Future:
         """Run ``func`` once on ``data`` (a value, a tuple of arguments or a dict); one future."""
-        self._check_common(extra_env, runtime_memory, timeout, include_modules, exclude_modules)
+        self._check_common(runtime_memory, include_modules, exclude_modules)
         sig, user = self._signature(func)
         bound = self._bind(func, sig, user, data, extra_args)
         if "obj" in user.parameters and isinstance(bound.arguments.get("obj"), str):
             raise _unsupported("call_async with an obj URL", "use map() to process objects, one call per partition")
         args, kwargs = self._call_args(sig, bound, 0)
-        future = self._executor.submit(func, *args, **kwargs)
+        future = _as_lithops_future(self._executor_for(timeout).submit(self._call_for(func, extra_env),
+                                                                       *args, **kwargs), 0)
         self._record([future], "call_async")
         return future
 
@@ -625,11 +769,17 @@ class FunctionExecutor:
              obj_chunk_number: Optional[int], obj_newline: Optional[str], timeout: Any,
              include_modules: Any, exclude_modules: Any,
              memory_name: str = "runtime_memory") -> Tuple[List[cf.Future], List[str]]:
-        self._check_common(extra_env, runtime_memory, timeout, include_modules, exclude_modules, memory_name)
+        self._check_common(runtime_memory, include_modules, exclude_modules, memory_name)
         if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
+        if isinstance(iterdata, FuturesList):
+            # Lithops' function chaining: each earlier call's result is one item.
+            iterdata = [f.result() for f in iterdata]
         calls, sources = self._calls(func, iterdata, extra_args, obj_chunk_size, obj_chunk_number, obj_newline)
-        return [self._executor.submit(func, *args, **kwargs) for args, kwargs in calls], sources
+        executor = self._executor_for(timeout)
+        call = self._call_for(func, extra_env)
+        return [_as_lithops_future(executor.submit(call, *args, **kwargs), i)
+                for i, (args, kwargs) in enumerate(calls)], sources
 
     def map_reduce(self, map_function: Callable, map_iterdata: Any, reduce_function: Callable,
                    chunksize: Optional[int] = None, extra_args: Any = None, extra_args_reduce: Any = None,
@@ -644,8 +794,7 @@ class FunctionExecutor:
         if not callable(reduce_function):
             raise TypeError(f"reduce_function must be callable, not {type(reduce_function).__name__}")
         _needed(spawn_reducer, 1)  # checked like Lithops' return_when values
-        self._reject("reduce_runtime_memory", reduce_runtime_memory, "set the backend's memory "
-                     "option in the executor's config")
+        self._check_common(reduce_runtime_memory, None, None, "reduce_runtime_memory")
         map_futures, sources = self._map(map_function, map_iterdata, chunksize, extra_args, extra_env,
                                          map_runtime_memory, obj_chunk_size, obj_chunk_number,
                                          obj_newline, timeout, include_modules, exclude_modules,
@@ -659,6 +808,10 @@ class FunctionExecutor:
             r_args, r_kwargs = tuple(extra_args_reduce or ()), {}
         else:
             raise TypeError(f"extra_args_reduce must be a tuple or a dict, not {type(extra_args_reduce).__name__}")
+        r_sig = self._signature(reduce_function)[0]
+        if "storage" in r_sig.parameters:
+            r_kwargs["storage"] = self.storage
+        reducer = self._call_for(reduce_function, extra_env)
         reduce_futures: List[cf.Future] = []
         for group in groups.values():
             cf.wait(group)
@@ -668,8 +821,8 @@ class FunctionExecutor:
                 future: cf.Future = cf.Future()
                 future.set_exception(failed.exception() if not failed.cancelled() else cf.CancelledError())
             else:
-                future = self._executor.submit(reduce_function, [f.result() for f in group],
-                                               *r_args, **r_kwargs)
+                future = self._executor_for(timeout).submit(reducer, [f.result() for f in group],
+                                                            *r_args, **r_kwargs)
             reduce_futures.append(future)
         with self._lock:
             self._no_output.update(id(f) for f in map_futures)
@@ -714,8 +867,12 @@ class FunctionExecutor:
         executor's whole prefix at shutdown, so there are no leftovers to delete here.
         """
         if cs:
-            raise _unsupported("cs (cloud objects)", "cloudpool has no cloud objects; delete your "
-                               "own objects with cloudpool.Storage(url).delete(keys)")
+            cloudobjects = [cs] if isinstance(cs, CloudObject) else list(cs)
+            bad = [c for c in cloudobjects if not isinstance(c, CloudObject)]
+            if bad:
+                raise TypeError(f"cs must hold CloudObjects (from Storage.put_cloudobject), not {bad[0]!r}")
+            if clean_cloudobjects:
+                self.storage.delete_cloudobjects(cloudobjects)
         targets = self.futures if fs is None else _as_futures(fs)
         if force:
             for f in targets:
@@ -756,10 +913,12 @@ class ServerlessExecutor(FunctionExecutor):
         super().__init__(mode="serverless", config=config, **kwargs)
 
 
+# Defined in their own module; imported last, as they build on FunctionExecutor.
+from ._lithops_retries import RetryingFunctionExecutor, RetryingFuture  # noqa: E402
+
+
 _NOT_PROVIDED = {
     "StandaloneExecutor": "use FunctionExecutor with a serverless or local backend",
-    "RetryingFunctionExecutor": "pass retry= to cloudpool.CloudPoolExecutor, or retry in the function",
-    "Storage": "use cloudpool.Storage('s3://bucket/prefix') (keys relative to the prefix)",
     "multiprocessing": "use cloudpool.multiprocessing",
 }
 
