@@ -181,6 +181,8 @@ def cmd_storage_ls(args: argparse.Namespace) -> int:
     backend, key = _storage_for(args.url)
     if scheme == "file" and key and not key.endswith("/") and os.path.isdir("/" + key):
         key += "/"  # a local directory: list it, not every sibling that shares its name
+    if not args.recursive:
+        return _storage_ls_level(args, backend, key)
     entries = list(backend.list(key))
     if key and not key.endswith("/"):
         exact = [e for e in entries if e.key == key]
@@ -188,33 +190,59 @@ def cmd_storage_ls(args: argparse.Namespace) -> int:
         key = key if exact else key + "/"
         entries = exact or [e for e in entries if e.key.startswith(key)]
     if not entries:
-        empty_root = not key.strip("/") or (scheme == "file" and os.path.isdir("/" + key))
-        if empty_root:
-            return 0  # an empty bucket or directory
-        raise FileNotFoundError(f"{args.url}: no such object or folder "
-                                f"(`cloudpool storage ls` on its parent shows what exists)")
-    base = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-    folders: Dict[str, List[int]] = {}
+        _no_such_listing(args.url, scheme, key)
+        return 0
     count = total = 0
     for info in entries:
-        rest = info.key[len(base):]
-        if not args.recursive and "/" in rest:
-            folder = base + rest.split("/", 1)[0] + "/"
-            agg = folders.setdefault(folder, [0, 0])
-            agg[0] += 1
-            agg[1] += info.size
-            continue
         if info.key.endswith("/"):
             continue  # folder marker objects
         print(f"{_human(info.size) if args.human_readable else info.size:>12}  {backend.url(info.key)}")
         count += 1
         total += info.size
-    for folder, (n, size) in sorted(folders.items()):
-        print(f"{'DIR':>12}  {backend.url(folder)}")
-        count += n
-        total += size
     if args.summarize:
         print(f"total: {count} objects, {_human(total)} ({total} bytes)")
+    return 0
+
+
+def _no_such_listing(url: str, scheme: str, key: str) -> None:
+    """An empty listing: fine for an empty bucket or directory, an error otherwise."""
+    if not key.strip("/") or (scheme == "file" and os.path.isdir("/" + key)):
+        return
+    raise FileNotFoundError(f"{url}: no such object or folder "
+                            f"(`cloudpool storage ls` on its parent shows what exists)")
+
+
+def _storage_ls_level(args: argparse.Namespace, backend: Any, key: str) -> int:
+    """`ls` without -r: one level, from the store's delimiter listing (like `aws s3 ls`),
+    so a folder holding a million objects costs one line and one request, not a million."""
+    from .storage import split_url
+    from .storage.base import CommonPrefix
+
+    level = list(backend.list_level(key))
+    if key and not key.endswith("/"):
+        exact = [e for e in level if not isinstance(e, CommonPrefix) and e.key == key]
+        if exact:
+            level = exact
+        elif any(isinstance(e, CommonPrefix) and e.prefix == key + "/" for e in level):
+            # `ls s3://b/logs` lists the folder logs/, as `ls` does with a directory.
+            key += "/"
+            level = list(backend.list_level(key))
+        else:
+            level = []
+    objects = [e for e in level if not isinstance(e, CommonPrefix) and not e.key.endswith("/")]
+    folders = [e.prefix for e in level if isinstance(e, CommonPrefix)]
+    if not level:
+        _no_such_listing(args.url, split_url(args.url)[0], key)
+        return 0
+    total = 0
+    for info in objects:
+        print(f"{_human(info.size) if args.human_readable else info.size:>12}  {backend.url(info.key)}")
+        total += info.size
+    for folder in folders:
+        print(f"{'DIR':>12}  {backend.url(folder)}")
+    if args.summarize:
+        # Like `aws s3 ls --summarize`: the objects of this level; -r counts everything.
+        print(f"total: {len(objects)} objects, {_human(total)} ({total} bytes), {len(folders)} folders")
     return 0
 
 

@@ -169,10 +169,15 @@ def unknown_options_error(what: str, unknown: Iterable[str], accepted: Iterable[
 
 def _section_kind(section: str) -> Tuple[str, Optional[frozenset]]:
     """How to name ``section`` in messages, and the options it declares (None: unknown)."""
-    if section in _EXTRA_SECTIONS:
-        return f"the {section!r} section", _EXTRA_SECTIONS[section]
     from .compute import backends
     from .storage import storages
+
+    if section in _EXTRA_SECTIONS:
+        extra = _EXTRA_SECTIONS[section]
+        if section in storages.names():  # 'redis' is a storage too: both sets of options
+            declared = storages.declared(section)
+            extra = extra | (declared.options if declared is not None else frozenset())
+        return f"the {section!r} section", extra
 
     if section in backends.names():
         declared = backends.declared(section)

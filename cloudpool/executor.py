@@ -209,7 +209,9 @@ class CloudPoolExecutor(Executor):
         self._event_base = {
             "protocol": protocol.PROTOCOL_VERSION,
             "versions": protocol.versions(),
-            "storage": {"url": storage_url, "options": self._storage.public_options()},
+            # The URL as the storage spells it: a password in the configured URL
+            # (redis://user:pw@host/...) is the storage's to keep, never the event's.
+            "storage": {"url": self._storage.url(root), "options": self._storage.public_options()},
             "keys": {"root": self._keys.root, "executor": self._executor_id},
             "timeout": self._config["timeout"],
             "flush_interval": self._config["flush_interval"],

@@ -4,7 +4,8 @@ An entry is a ``"module:Class"`` string imported on first use, so that
 ``import cloudpool`` never imports a cloud SDK. A missing SDK turns into a
 ``MissingDependencyError`` that says which extra to install. Third parties add
 entries through an entry-point group (``cloudpool.storage`` / ``cloudpool.compute``)
-without touching this package.
+without touching this package. A table may also have a fallback: a function asked for
+a class when no entry knows a name (storages use it to serve any scheme fsspec knows).
 """
 from __future__ import annotations
 
@@ -42,6 +43,27 @@ class Registry(Generic[T]):
         # name -> "module:ATTR" of its ``Declared`` options, importable without the SDK.
         self._declared: Dict[str, str] = {}
         self._entry_points_read = False
+        # "module:function" called with an unknown name, returning a class or None.
+        self._fallback: Optional[Tuple[str, Optional[str]]] = None
+
+    def set_fallback(self, target: str, extra: Optional[str] = None) -> None:
+        """For names no entry knows, ask ``target`` (``"module:function"``, imported on
+        first need) for a class; ``extra`` names what to install when its module is missing."""
+        self._fallback = (target, extra)
+
+    def _from_fallback(self, name: str) -> Optional[Type[T]]:
+        if self._fallback is None:
+            return None
+        path, _extra = self._fallback
+        module_name, _, attr = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return None  # the fallback's own package is not installed: the name is unknown
+        cls = getattr(module, attr)(name)
+        if cls is not None:
+            self._loaded[name] = cls
+        return cls
 
     def register(self, name: str, target: "str | Type[T]", extra: Optional[str] = None,
                  *, replace: bool = False, declared: Optional[str] = None) -> None:
@@ -104,10 +126,17 @@ class Registry(Generic[T]):
             # Scanning installed distributions is slow (tens of ms): only for names we lack.
             self._read_entry_points()
         if name not in self._known:
+            found = self._from_fallback(name)
+            if found is not None:
+                return found
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            more = ""
+            if self._fallback is not None and self._fallback[1]:
+                more = (f"; and, with cloudpool[{self._fallback[1]}] installed, any scheme "
+                        f"{self._fallback[1]} has an implementation for")
             raise ValueError(
-                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}{more}"
             )
         path, extra = self._known[name]
         module_name, _, attr = path.partition(":")

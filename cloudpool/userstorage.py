@@ -76,7 +76,9 @@ class Storage:
 
     def __getstate__(self) -> dict:
         secret = storages.get(self._scheme).secret_option_names
-        return {"scheme": self._scheme, "bucket": self._bucket, "prefix": self._prefix,
+        # "user:password@host" (redis://, ftp://...): the backend keeps the password, the
+        # pickle gets the host only.
+        return {"scheme": self._scheme, "bucket": self._bucket.rpartition("@")[2], "prefix": self._prefix,
                 "options": {k: v for k, v in self._options.items() if k not in secret}}
 
     def __setstate__(self, state: dict) -> None:

@@ -89,6 +89,18 @@ else
     if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 fi
 
+# -- 2b. memcached from Debian (the Swift all-in-one's tempauth keeps tokens there) ------
+if command -v memcached >/dev/null 2>&1; then
+    step "memcached" "ok (already there)"
+else
+    step "memcached" "installing from Debian ..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq memcached >/dev/null
+    # The tests start their own on a free port.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now memcached >/dev/null 2>&1 || true; fi
+fi
+
 # -- 3. Azurite (Azure Blob emulator) from npm ----------------------------------------
 AZ_PKG="$CACHE/node/node_modules/azurite/package.json"
 if [ -f "$AZ_PKG" ] && grep -q "\"version\": \"$AZURITE_VERSION\"" "$AZ_PKG"; then

@@ -45,7 +45,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "Server", "moto_s3", "seaweedfs", "azurite", "fake_gcs", "redis_server", "http_server",
-    "free_port", "stop_all", "INSTALL_HINT",
+    "free_port", "stop_all", "INSTALL_HINT", "redis_auth_server", "ftp_server", "swift_server",
 ]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -539,6 +539,104 @@ def fake_gcs() -> FakeGCSServer:
 def redis_server() -> RedisServer:
     """The shared redis-server."""
     return _shared("redis", RedisServer)  # type: ignore[return-value]
+
+
+class RedisAuthServer(RedisServer):
+    """redis-server that requires a password (``requirepass``) and knows one ACL user."""
+
+    name = "redis-auth"
+    password = "redis-test-secret"
+    user = "cpuser"
+    user_password = "cp user/secret:@"
+
+    def command(self) -> List[str]:
+        return super().command() + [
+            "--requirepass", self.password,
+            "--user", self.user, "on", f">{self.user_password}", "~*", "+@all",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
+                s.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
+                time.sleep(0.05)
+                return b"+PONG" in s.recv(64)
+        except OSError:
+            return False
+
+
+def redis_auth_server() -> RedisAuthServer:
+    """A second redis-server that refuses clients without the password."""
+    return _shared("redis-auth", RedisAuthServer)  # type: ignore[return-value]
+
+
+class FTPServer(Server):
+    """pyftpdlib's standalone FTP server on loopback, one user with write access."""
+
+    name = "ftp"
+    user = "cpftp"
+    password = "ftp-secret"
+
+    def command(self) -> List[str]:
+        if importlib.util.find_spec("pyftpdlib") is None:
+            raise RuntimeError(f"pyftpdlib is not installed: {INSTALL_HINT}")
+        self.root = os.path.join(self.workdir, "root")
+        os.makedirs(self.root, exist_ok=True)
+        return [sys.executable, "-m", "pyftpdlib", "-i", self.host, "-p", str(self.port), "-w",
+                "-d", self.root, "-u", self.user, "-P", self.password]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
+                return s.recv(64).startswith(b"220")
+        except OSError:
+            return False
+
+
+def ftp_server() -> FTPServer:
+    """The shared pyftpdlib FTP server."""
+    return _shared("ftp", FTPServer)  # type: ignore[return-value]
+
+
+class SwiftServer(Server):
+    """OpenStack Swift all-in-one (tests/swift_aio.py): proxy with tempauth, one replica."""
+
+    name = "swift"
+    user = "test:tester"
+    key = "testing"
+
+    def command(self) -> List[str]:
+        for module in ("swift", "swiftclient"):
+            if importlib.util.find_spec(module) is None:
+                raise RuntimeError(f"{module} is not installed: {INSTALL_HINT}")
+        _find_binary("memcached", "/usr/bin/memcached")
+        return [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "swift_aio.py"),
+                self.workdir, str(self.port)]
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://{self.host}:{self.port}/auth/v1.0"
+
+    def ready(self) -> bool:
+        # The proxy answers first; an authenticated HEAD of the account needs every server.
+        req = urllib.request.Request(self.auth_url, headers={"X-Auth-User": self.user, "X-Auth-Key": self.key})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                storage_url, token = resp.headers["X-Storage-Url"], resp.headers["X-Auth-Token"]
+            head = urllib.request.Request(storage_url, method="HEAD", headers={"X-Auth-Token": token})
+            with urllib.request.urlopen(head, timeout=2) as resp:
+                return resp.status in (200, 204)
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError, KeyError):
+            return False
+
+    @property
+    def env(self) -> Dict[str, str]:
+        return {"ST_AUTH": self.auth_url, "ST_USER": self.user, "ST_KEY": self.key}
+
+
+def swift_server() -> SwiftServer:
+    """The shared Swift all-in-one."""
+    return _shared("swift", SwiftServer)  # type: ignore[return-value]
 
 
 def http_server(directory: str) -> RangeHTTPServer:

@@ -146,7 +146,7 @@ class StorageURLTest(TimedMixin, unittest.TestCase):
             "gs://": r"names no bucket; write gs://BUCKET/PREFIX",
             "file://host/path": r"use file:///absolute/path",
             "1nv@lid://b/k": r"'1nv@lid' is not a URL scheme",
-            "ftp://bucket/key": r"unknown storage 'ftp'; known: .*s3",
+            "gopher://bucket/key": r"unknown storage 'gopher'; known: .*s3",
         }
         for url, pattern in cases.items():
             with self.subTest(url=url):

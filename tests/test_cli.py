@@ -376,6 +376,30 @@ class StorageCommandsContract:
         code, out, err = run("storage", "ls", "-r", self.base)
         self.assertEqual(out.split(), ["0", self.base + "dir/sub/from-stdin.bin"])
 
+    def test_ls_lists_one_level_with_the_store_delimiter(self):
+        # Issue 17: `ls` without -r asks the store for one level (S3's Delimiter, a
+        # directory read on disk) instead of listing every object under the prefix.
+        from cloudpool.storage import storage_for
+        for name, data in (("top.txt", b"12345"), ("logs/a", b"1"), ("logs/deep/b", b"22"),
+                           ("logs/deep/er/c", b"333"), ("logs.txt", b"")):
+            code, _out, err = run("storage", "put", "-", self.base + name, stdin=data)
+            self.assertEqual(code, 0, err)
+        backend, _key = storage_for(self.base)
+        with mock.patch.object(type(backend), "list", side_effect=AssertionError("full listing")):
+            code, out, err = run("storage", "ls", self.base)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(out.split(), ["0", self.base + "logs.txt", "5", self.base + "top.txt",
+                                           "DIR", self.base + "logs/"])
+            code, out, err = run("storage", "ls", "-s", self.base + "logs")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(out.splitlines()[:2], [f"{'1':>12}  {self.base}logs/a",
+                                                    f"{'DIR':>12}  {self.base}logs/deep/"])
+            self.assertEqual(out.splitlines()[2], "total: 1 objects, 1 B (1 bytes), 1 folders")
+            code, out, err = run("storage", "ls", self.base + "logs/deep/")
+            self.assertEqual(out.split(), ["2", self.base + "logs/deep/b", "DIR", self.base + "logs/deep/er/"])
+        code, out, err = run("storage", "ls", "-r", self.base + "logs/")  # -r still lists everything
+        self.assertEqual(out.split(), ["1", self.base + "logs/a", "2", self.base + "logs/deep/b",
+                                       "3", self.base + "logs/deep/er/c"])
     def test_get_creates_files_as_open_does_under_the_umask(self):
         # A downloaded file gets the permissions any new file gets (0666 less the umask),
         # as `cp`, `aws s3 cp` and open() give it, not mkstemp's private 0600.

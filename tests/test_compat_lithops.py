@@ -808,7 +808,7 @@ class FunctionExecutorTest(unittest.TestCase):
         f = self.fexec
         cases = [
             (lambda: f.call_async(line_count, "s3://b/k"), "call_async with an obj URL", "map()"),
-            (lambda: f.map(line_count, "ftp://b/k"), "unknown storage 'ftp'", "aws_s3"),
+            (lambda: f.map(line_count, "gopher://b/k"), "unknown storage 'gopher'", "aws_s3"),
             (lambda: f.map(uses_ibm_cos, [1]), "'ibm_cos'", "'storage'"),
             (lambda: f.plot(), "plot()", "stats()"),
             (lambda: lithops.FunctionExecutor(mode="standalone"), "mode='standalone'", "serverless"),

@@ -26,6 +26,13 @@ storages.register("gs", "cloudpool.storage.gcs:GCSStorage", "gcp", declared=_D +
 storages.register("az", "cloudpool.storage.azure:AzureBlobStorage", "azure", declared=_D + "AZURE")
 storages.register("http", "cloudpool.storage.http:HTTPStorage", "http", declared=_D + "HTTP")
 storages.register("https", "cloudpool.storage.http:HTTPSStorage", "http", declared=_D + "HTTP")
+storages.register("redis", "cloudpool.storage.redisdb:RedisStorage", "redis", declared=_D + "REDIS")
+storages.register("swift", "cloudpool.storage.swift:SwiftStorage", "swift", declared=_D + "SWIFT")
+storages.register("oss", "cloudpool.storage.oss:OSSStorage", "oss", declared=_D + "OSS")
+storages.register("infinispan", "cloudpool.storage.infinispan:InfinispanStorage", "http",
+                  declared=_D + "INFINISPAN")
+# Any other scheme fsspec knows (memory://, ftp://, sftp://, webdav://...), when installed.
+storages.set_fallback("cloudpool.storage.fsspec_bridge:storage_class_for", "fsspec")
 
 _cache: Dict[Tuple[str, str, str], StorageBackend] = {}
 _cache_lock = threading.Lock()

@@ -31,10 +31,11 @@ import requests.adapters
 from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
                                    ResourceNotFoundError)
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from . import declared
-from .base import Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry, positive_int_option
+from .base import (Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend, StorageRetry, check_delimiter,
+                   positive_int_option)
 
 try:  # optional: the platform credential chain for account_url without a credential
     from azure.identity import DefaultAzureCredential
@@ -209,6 +210,29 @@ class AzureBlobStorage(StorageBackend):
                         etag=(props.etag or "").strip('"') or None,
                         mtime=props.last_modified.timestamp() if props.last_modified else None,
                     )
+                if not token:
+                    return
+        except AzureError as exc:
+            raise self._error(exc, prefix, "LIST") from exc
+
+    def list_level(self, prefix: str = "", delimiter: str = "/") -> Iterator[Any]:
+        check_delimiter(delimiter)
+
+        def fetch(token):
+            pager = self.container.walk_blobs(name_starts_with=prefix or None, delimiter=delimiter,
+                                              results_per_page=self.list_page_size).by_page(token)
+            return list(next(pager)), pager.continuation_token
+
+        token = None
+        try:
+            while True:
+                page, token = self._call(lambda: fetch(token))
+                entries = [CommonPrefix(item.name) if isinstance(item, BlobPrefix) else ObjectInfo(
+                    key=item.name, size=int(item.size), etag=(item.etag or "").strip('"') or None,
+                    mtime=item.last_modified.timestamp() if item.last_modified else None) for item in page]
+                # Azurite answers a page's BlobPrefix entries before its blobs: merge them.
+                entries.sort(key=lambda e: e.key if isinstance(e, ObjectInfo) else e.prefix)
+                yield from entries
                 if not token:
                     return
         except AzureError as exc:

@@ -5,7 +5,11 @@ filesystem root). Five primitives are abstract -- ``put``, ``get`` (with a byte 
 ``head``, ``list`` and ``delete`` -- and everything else (streaming reads, writers,
 JSON helpers, prefix deletion, existence checks) is built on them here, so a new
 backend is small. A backend overrides a derived method only to do it faster (say,
-multipart uploads in ``put_file``).
+multipart uploads in ``put_file``, or ``list_level`` with the store's own delimiter).
+
+``list_level(prefix, delimiter)`` is the one-level listing of ``aws s3 ls``: objects right
+under ``prefix`` and one ``CommonPrefix`` per "folder" below it. The default here folds
+the full listing; S3/COS, GCS, Azure and local disk ask their store for one level.
 
 Errors: every backend turns its SDK's errors into the ``OSError`` family with the
 object's URL in the message: ``FileNotFoundError`` for a missing key or bucket,
@@ -107,6 +111,36 @@ class ObjectInfo:
     mtime: Optional[float] = None
 
 
+@dataclass(frozen=True)
+class CommonPrefix:
+    """A "folder" in a one-level listing: ``prefix`` ends with the delimiter, and every
+    key under it starts with it (S3's CommonPrefixes, GCS's prefixes, Azure's BlobPrefix)."""
+
+    prefix: str
+
+
+def fold_level(entries: Iterable[ObjectInfo], prefix: str, delimiter: str
+               ) -> Iterator[Union[ObjectInfo, "CommonPrefix"]]:
+    """One level of a key-ordered full listing: keys sharing a folder are contiguous in
+    key order, so each folder is reported once, when its first key goes by."""
+    last = None
+    for info in entries:
+        cut = info.key.find(delimiter, len(prefix))
+        if cut < 0:
+            yield info
+            continue
+        folder = info.key[:cut + len(delimiter)]
+        if folder != last:
+            last = folder
+            yield CommonPrefix(folder)
+
+
+def check_delimiter(delimiter: str) -> str:
+    if not isinstance(delimiter, str) or not delimiter:
+        raise ValueError(f"the listing delimiter must be a non-empty string such as '/', not {delimiter!r}")
+    return delimiter
+
+
 class PerProcess(Generic[T]):
     """A value built on first use in each process: SDK clients and their pooled
     connections must not be shared across a ``fork`` (the local backend forks workers)."""
@@ -180,6 +214,18 @@ class StorageBackend(ABC):
         """Delete these keys, in as few requests as the store allows; absent keys are fine."""
 
     # ------------------------------------------------------------------ built on them
+    def list_level(self, prefix: str = "", delimiter: str = "/"
+                   ) -> Iterator[Union[ObjectInfo, CommonPrefix]]:
+        """One level under ``prefix``, in key order, like ``aws s3 ls``.
+
+        Yields an ``ObjectInfo`` for each object whose key has no ``delimiter`` after
+        ``prefix``, and a ``CommonPrefix`` for each distinct ``prefix + name + delimiter``
+        that has objects below it. ``prefix`` is a string prefix, not a folder: ``"a"``
+        matches the object ``"ab"`` and the folder ``"a/"``.
+        """
+        check_delimiter(delimiter)
+        return fold_level(self.list(prefix), prefix, delimiter)
+
     def url(self, key: str = "") -> str:
         return f"{self.scheme}://{self.bucket}/{key}"
 

@@ -17,7 +17,8 @@ LOCAL = Declared(frozenset())
 
 S3 = Declared(
     frozenset({"endpoint_url", "region", "aws_access_key_id", "aws_secret_access_key",
-               "aws_session_token", "max_attempts", "retry_mode"}),
+               "aws_session_token", "max_attempts", "retry_mode", "addressing_style",
+               "payload_signing"}),
     frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}),
 )
 
@@ -38,3 +39,21 @@ AZURE = Declared(
 
 #: Headers may carry an Authorization token.
 HTTP = Declared(frozenset({"timeout", "headers", "max_attempts"}), frozenset({"headers"}))
+
+REDIS = Declared(frozenset({"username", "password", "max_attempts", "socket_timeout"}),
+                 frozenset({"password"}))
+
+SWIFT = Declared(
+    frozenset({"auth_url", "user", "key", "project_name", "user_domain_name", "project_domain_name",
+               "region_name", "storage_url", "auth_token", "auth_version", "max_attempts", "timeout"}),
+    frozenset({"key", "auth_token"}),
+)
+
+OSS = Declared(
+    frozenset({"endpoint", "access_key_id", "access_key_secret", "security_token", "max_attempts",
+               "timeout"}),
+    frozenset({"access_key_id", "access_key_secret", "security_token"}),
+)
+
+INFINISPAN = Declared(frozenset({"username", "password", "auth", "tls", "max_attempts", "timeout"}),
+                      frozenset({"password"}))

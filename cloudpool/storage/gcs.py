@@ -28,7 +28,7 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from . import declared
-from .base import Bytes, ObjectInfo, PerProcess, StorageBackend
+from .base import Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend, check_delimiter
 
 #: Seconds a request keeps being retried when ``retry_timeout`` is not set.
 DEFAULT_RETRY_TIMEOUT = 30.0
@@ -197,6 +197,25 @@ class GCSStorage(StorageBackend):
             raise self._no_bucket(prefix) from exc
         except (gexc.GoogleAPIError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
             raise self._error(exc, prefix, "LIST") from exc
+
+    def list_level(self, prefix: str = "", delimiter: str = "/") -> Iterator[Any]:
+        check_delimiter(delimiter)
+        blobs = self.client.list_blobs(self.bucket, prefix=prefix or None, delimiter=delimiter,
+                                       page_size=self.list_page_size, retry=self._retry)
+        entries: list = []
+        try:
+            for page in blobs.pages:
+                for blob in page:
+                    entries.append(ObjectInfo(key=blob.name, size=int(blob.size or 0), etag=blob.etag,
+                                              mtime=blob.updated.timestamp() if blob.updated else None))
+                entries.extend(CommonPrefix(p) for p in page.prefixes)
+        except gexc.NotFound as exc:
+            raise self._no_bucket(prefix) from exc
+        except (gexc.GoogleAPIError, google.auth.exceptions.GoogleAuthError, requests.RequestException) as exc:
+            raise self._error(exc, prefix, "LIST") from exc
+        # The API reports a page's folders apart from its objects: merge into key order.
+        entries.sort(key=lambda e: e.key if isinstance(e, ObjectInfo) else e.prefix)
+        return iter(entries)
 
     def _delete_one(self, key: str) -> None:
         try:

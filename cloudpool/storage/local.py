@@ -12,9 +12,9 @@ import os
 import secrets
 import shutil
 import threading
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
-from .base import Bytes, ObjectInfo, StorageBackend
+from .base import Bytes, CommonPrefix, ObjectInfo, StorageBackend, check_delimiter, fold_level
 
 _TMP_MARK = ".cloudpool-tmp-"
 
@@ -111,6 +111,36 @@ class LocalStorage(StorageBackend):
                 continue
             yield ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
 
+    def list_level(self, prefix: str = "", delimiter: str = "/"
+                   ) -> Iterator[Union[ObjectInfo, CommonPrefix]]:
+        if check_delimiter(delimiter) != "/":
+            return fold_level(self.list(prefix), prefix, delimiter)
+        # One directory read instead of a walk of the whole tree below it.
+        prefix = prefix.lstrip("/")
+        rel_dir, _, start = prefix.rpartition("/")
+        rel_dir = rel_dir + "/" if rel_dir else ""
+        entries: list = []
+        try:
+            scan = list(os.scandir(self._path(rel_dir)))
+        except (FileNotFoundError, NotADirectoryError):
+            return iter(())
+        for entry in scan:
+            if not entry.name.startswith(start) or _TMP_MARK in entry.name:
+                continue
+            key = rel_dir + entry.name
+            try:
+                if entry.is_dir():
+                    # As on an object store, a folder exists only while it holds an object.
+                    if _holds_a_file(entry.path):
+                        entries.append(CommonPrefix(key + "/"))
+                elif entry.is_file():
+                    st = entry.stat()
+                    entries.append(ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime))
+            except FileNotFoundError:  # removed while we looked
+                continue
+        entries.sort(key=lambda e: e.key if isinstance(e, ObjectInfo) else e.prefix)
+        return iter(entries)
+
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             try:
@@ -133,6 +163,14 @@ class LocalStorage(StorageBackend):
             _remove_in_background(trash)
             return count
         return super().delete_prefix(prefix)
+
+
+def _holds_a_file(path: str) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if _TMP_MARK not in d]
+        if any(_TMP_MARK not in name for name in filenames):
+            return True
+    return False
 
 
 _removers: list = []

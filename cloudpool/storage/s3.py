@@ -34,8 +34,8 @@ import botocore.exceptions
 import botocore.utils
 
 from . import declared
-from .base import (TRANSIENT_HTTP_STATUSES, Bytes, ObjectInfo, PerProcess, StorageBackend, StorageRetry,
-                   positive_int_option)
+from .base import (TRANSIENT_HTTP_STATUSES, Bytes, CommonPrefix, ObjectInfo, PerProcess, StorageBackend,
+                   StorageRetry, check_delimiter, positive_int_option)
 
 __all__ = ["S3Storage", "S3CompatibleStorage"]
 
@@ -55,6 +55,8 @@ _SDK_THROTTLING_CODES = frozenset({
     "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
     "BandwidthLimitExceeded", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
 })
+#: botocore's bucket addressing: in the host name ("virtual"), in the path, or its choice.
+ADDRESSING_STYLES = ("auto", "path", "virtual")
 #: botocore's retry modes; "legacy" is botocore's old default, kept for completeness.
 RETRY_MODES = ("standard", "adaptive", "legacy")
 #: Tries per request, the first included. botocore waits rand(0, 1) * min(2**n, 20) s
@@ -333,7 +335,16 @@ class S3CompatibleStorage(StorageBackend):
         )
 
     def list(self, prefix: str = "", start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        return self._list_pages(prefix, start_after, None)  # type: ignore[return-value]
+
+    def list_level(self, prefix: str = "", delimiter: str = "/") -> Iterator[Any]:
+        # ListObjectsV2 with a Delimiter: a folder of a million keys costs one entry.
+        return self._list_pages(prefix, None, check_delimiter(delimiter))
+
+    def _list_pages(self, prefix: str, start_after: Optional[str], delimiter: Optional[str]) -> Iterator[Any]:
         kwargs: Dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
         if start_after:
             kwargs["StartAfter"] = start_after
         kwargs["MaxKeys"] = self.list_page_size
@@ -342,14 +353,20 @@ class S3CompatibleStorage(StorageBackend):
         try:
             while True:
                 page = self._call(lambda: self.client.list_objects_v2(**kwargs))
+                entries: list = []
                 for item in page.get("Contents", ()):
                     modified = item.get("LastModified")
-                    yield ObjectInfo(
+                    entries.append(ObjectInfo(
                         key=item["Key"],
                         size=int(item["Size"]),
                         etag=(item.get("ETag") or "").strip('"') or None,
                         mtime=modified.timestamp() if modified is not None else None,
-                    )
+                    ))
+                # A page holds its objects and folders as two lists, each in key order.
+                entries.extend(CommonPrefix(p["Prefix"]) for p in page.get("CommonPrefixes", ()))
+                if delimiter:
+                    entries.sort(key=lambda e: e.key if isinstance(e, ObjectInfo) else e.prefix)
+                yield from entries
                 if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
                     return
                 kwargs["ContinuationToken"] = page["NextContinuationToken"]
@@ -406,8 +423,28 @@ class S3Storage(S3CompatibleStorage):
             "aws_session_token": o.get("aws_session_token"),
         }
 
+    def __init__(self, bucket: str, **options: Any) -> None:
+        super().__init__(bucket, **options)
+        style = options.get("addressing_style", "auto")
+        if style not in ADDRESSING_STYLES:
+            raise ValueError(f"s3:// storage option 'addressing_style' must be one of "
+                             f"{', '.join(ADDRESSING_STYLES)}, not {style!r} (MinIO and Ceph RGW "
+                             f"behind a plain host name or IP need 'path')")
+        signing = options.get("payload_signing", True)
+        if not isinstance(signing, bool):
+            raise ValueError(f"s3:// storage option 'payload_signing' must be true or false, not {signing!r}")
+
     def _config_kwargs(self) -> Dict[str, Any]:
         kwargs = super()._config_kwargs()
+        # S3-compatible servers (MinIO, Ceph RGW, SeaweedFS) answer at one host name or
+        # IP: "path" puts the bucket in the path (http://host:9000/bucket/key) instead of
+        # the host name (bucket.host), which needs wildcard DNS the servers seldom have.
+        # payload_signing=False sends UNSIGNED-PAYLOAD instead of the body's SHA-256,
+        # saving a pass over each upload; the signature still covers the headers.
+        s3: Dict[str, Any] = {"addressing_style": self.options.get("addressing_style", "auto")}
+        if self.options.get("payload_signing") is False:
+            s3["payload_signing_enabled"] = False
+        kwargs["s3"] = s3
         # Since botocore 1.36 every upload carries a CRC checksum by default, which
         # several S3-compatible servers reject; send one only when an API requires it.
         kwargs["request_checksum_calculation"] = "when_required"
