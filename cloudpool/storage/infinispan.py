@@ -18,8 +18,10 @@ check      ``GET  /rest/v2/caches`` (the cache names)
 =========  =====================================================================
 
 Keys are percent-encoded whole (a ``/`` in a key becomes ``%2F``). Authentication:
-``username``/``password`` (``password`` is secret) with ``auth="basic"`` (default) or
-``"digest"``; ``tls=True`` for HTTPS. Tested only against a fake of these documented
+``username``/``password`` (``password`` is secret; a worker, which never receives it,
+takes ``INFINISPAN_USERNAME``/``INFINISPAN_PASSWORD`` from its environment, or the
+credentials of a ``user:password@`` URL on the client's own machine) with
+``auth="basic"`` (default) or ``"digest"``; ``tls=True`` for HTTPS. Tested only against a fake of these documented
 requests (tests/fake_infinispan.py): no Infinispan server runs here.
 
 Errors: 401/403 -> ``PermissionError``, 404 -> ``FileNotFoundError`` (a missing cache
@@ -89,6 +91,10 @@ class InfinispanStorage(StorageBackend):
                 remembered = _urlauth.lookup("infinispan", self.bucket)
                 if remembered:
                     user, password = remembered
+            if password is None and os.environ.get("INFINISPAN_PASSWORD") is not None:
+                # A worker's own credential chain: the password never travels with parts.
+                user = user or os.environ.get("INFINISPAN_USERNAME")
+                password = os.environ["INFINISPAN_PASSWORD"]
             if password is not None:
                 auth_cls = requests.auth.HTTPDigestAuth if self.options.get("auth") == "digest" \
                     else requests.auth.HTTPBasicAuth
