@@ -409,6 +409,30 @@ class OpenWhiskEndToEndTest(unittest.TestCase):
             self.assertNotIn(b"aws_secret_access_key", r["body"])
 
 
+    def test_cli_hello_and_runtime_list(self) -> None:
+        env = dict(os.environ, PYTHONPATH=ROOT, CLOUDPOOL_OPENWHISK__API_HOST=self.stub.url,
+                   CLOUDPOOL_OPENWHISK__NAMESPACE=NAMESPACE, CLOUDPOOL_OPENWHISK__API_KEY=API_KEY,
+                   CLOUDPOOL_OPENWHISK__ACTION="cp", CLOUDPOOL_STORAGE=fresh_storage(),
+                   CLOUDPOOL_S3__ENDPOINT_URL=_State.moto.endpoint_url, **_State.moto.env)
+        env.pop("CLOUDPOOL_CONFIG", None)
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", "import sys; from cloudpool.cli import main; "
+                                   "sys.exit(main(sys.argv[1:]))", *args],
+                                  env=env, capture_output=True, text=True, timeout=BOUND)
+
+        hello = cli("hello", "--backend", "openwhisk")
+        self.assertEqual(hello.returncode, 0, hello.stdout + hello.stderr)
+        self.assertIn("openwhisk", hello.stdout)
+        listed = cli("runtime", "list", "--backend", "openwhisk")
+        self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
+        self.assertIn("cp", listed.stdout)
+        env["CLOUDPOOL_OPENWHISK__ACTION"] = "absent"
+        missing = cli("hello", "--backend", "openwhisk")
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertIn("cloudpool runtime deploy --backend openwhisk absent", missing.stdout + missing.stderr)
+
+
 # ---------------------------------------------------------------------------- controller contract
 class OpenWhiskContractTest(unittest.TestCase):
     """Exact requests against the documented controller API, and the answers' handling."""
@@ -525,16 +549,11 @@ class OpenWhiskOptionsTest(unittest.TestCase):
                 self.assertIn(word, str(cm.exception))
 
     def test_missing_or_malformed_api_key(self) -> None:
-        env = os.environ.pop("CLOUDPOOL_OPENWHISK_API_KEY", None)
-        try:
-            for key in (None, "no-colon"):
-                with self.subTest(key=key):
-                    with self.assertRaises(PermissionError) as cm:
-                        self.build(api_key=key)
-                    self.assertIn("api_key", str(cm.exception))
-        finally:
-            if env is not None:
-                os.environ["CLOUDPOOL_OPENWHISK_API_KEY"] = env
+        for key in (None, "no-colon"):
+            with self.subTest(key=key):
+                with self.assertRaises(PermissionError) as cm:
+                    self.build(api_key=key)
+                self.assertIn("api_key", str(cm.exception))
 
     def test_local_directory_storage_refused(self) -> None:
         b = backends.get("openwhisk")(ow_options("https://ow.example"), max_workers=None,

@@ -72,7 +72,6 @@ DEFAULT_RETRY_SECONDS = 60.0
 #: means the activation is lost.
 DEFAULT_ACTIVATION_GRACE = 60.0
 BATCH_TARGET_SECONDS = 1.0
-API_KEY_ENV = "CLOUDPOOL_OPENWHISK_API_KEY"
 DEFAULT_IMAGE = "cloudpool/openwhisk-runtime"
 
 _CONNECT_TIMEOUT = 10.0
@@ -141,11 +140,12 @@ class OpenWhiskBackend(ComputeBackend):
                              "'namespace' (your IBM Cloud Functions namespace ID, or '_' for the API key's "
                              "default namespace)")
         self.namespace = namespace if namespace == "_" else _check_name("namespace", namespace)
-        api_key = opts.get("api_key") or os.environ.get(API_KEY_ENV)
+        api_key = opts.get("api_key")
         if not isinstance(api_key, str) or not _KEY_RE.match(api_key):
             raise PermissionError(
                 "the openwhisk backend needs an API key of the form 'uuid:key' (`wsk property get --auth`): "
-                f"set the option 'api_key' or the {API_KEY_ENV} environment variable"
+                "set the openwhisk option 'api_key' (config file, or the CLOUDPOOL_OPENWHISK__API_KEY environment "
+                "variable)"
                 + ("" if api_key is None else " (the one given does not have that form)"))
         self._auth = tuple(api_key.split(":", 1))
         self.action = _check_name("action", opts.get("action", DEFAULT_ACTION))
