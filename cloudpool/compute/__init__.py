@@ -14,3 +14,4 @@ backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend"
                   declared=_D + "KUBERNETES")
 backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http", declared=_D + "KNATIVE")
 backends.register("openwhisk", "cloudpool.compute.openwhisk:OpenWhiskBackend", "http")
+backends.register("cloudrun", "cloudpool.compute.cloudrun:CloudRunBackend", "gcp")
