@@ -6,8 +6,13 @@ real cloudpool calls against S3 on moto. The ID tokens are real google-auth JWTs
 with a test RSA key (``google.auth.crypt.RSASigner``) and verified by the runtime with
 google-auth against the matching certificate served from a local HTTP server, standing
 in for Google's certificate endpoint. Not run here: Google's token minting (ADC,
-``fetch_id_token``) and Cloud Run itself; deploy/list/delete through the Admin API v2
-are not implemented yet.
+``fetch_id_token``) and Cloud Run itself.
+
+Contract only: deploy/list/delete and URL look-up through the Cloud Run Admin API v2.
+``AdminStub`` answers as the documented v2 REST API does (services under
+``projects/{p}/locations/{l}``, long-running operations) and checks each request's
+method, path, bearer token and body; requests reach it through google-auth's real
+``AuthorizedSession``.
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ from tests import servers
 ROOT = servers.ROOT
 BOUND = 60
 KID = "test-key-1"
+PROJECT, REGION, SERVICE = "my-project-123", "europe-west1", "cp-rt"
+CUSTOM_AUDIENCE = f"cloudpool:{PROJECT}/{REGION}/{SERVICE}"
+ACCESS_TOKEN = "ya29.test-" + uuid.uuid4().hex
 
 
 def square(x: int) -> int:
@@ -118,7 +126,7 @@ def setUpModule() -> None:
     _State.log = open(os.path.join(tempfile.gettempdir(), f"cloudrun-runtime-{port}.log"), "w")
     _State.proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "runtime", "cloudrun", "server.py"), "--audience", _State.url,
-         "--certs-url", certs_url, "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2",
+         "--audience", CUSTOM_AUDIENCE, "--certs-url", certs_url, "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2",
          "--start-method", "fork"],
         env=dict(os.environ, PYTHONPATH=ROOT, **moto.env), stdout=_State.log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
@@ -186,6 +194,169 @@ class CloudRunEndToEndTest(unittest.TestCase):
     def test_runtime_refuses_missing_token(self) -> None:
         self.assertEqual(requests.get(_State.url + "/runtime", timeout=10).status_code, 401)
         self.assertEqual(requests.get(_State.url + "/healthz", timeout=10).status_code, 200)
+
+
+class AccessToken(google.auth.credentials.Credentials):
+    """google-auth credentials holding a fixed OAuth access token (for the Admin API stub)."""
+
+    def refresh(self, request: Any) -> None:
+        self.token = ACCESS_TOKEN
+
+
+class AdminStub:
+    """The Cloud Run Admin API v2 for one project and region, as documented; strict about requests."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.services: Dict[str, Dict[str, Any]] = {}
+        self.operations: Dict[str, Dict[str, Any]] = {}
+        self.requests: list = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                rec = {"method": self.command, "path": parts.path, "query": parse_qs(parts.query),
+                       "auth": self.headers.get("Authorization"), "body": body}
+                stub.requests.append(rec)
+                code, obj = stub.answer(rec)
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _operation(self, response: Dict[str, Any]) -> Dict[str, Any]:
+        name = f"projects/{PROJECT}/locations/{REGION}/operations/{uuid.uuid4().hex}"
+        # Not done at first: the client must poll GET /v2/{name}.
+        self.operations[name] = {"name": name, "done": True, "response": response}
+        return {"name": name, "done": False}
+
+    def answer(self, rec: Dict[str, Any]):
+        if rec["auth"] != f"Bearer {ACCESS_TOKEN}":
+            return 401, {"error": {"code": 401, "message": "Request had invalid authentication credentials."}}
+        parent = f"/v2/projects/{PROJECT}/locations/{REGION}"
+        path, method = rec["path"], rec["method"]
+        if path.startswith("/v2/projects/") and "/operations/" in path and method == "GET":
+            return 200, self.operations[path[len("/v2/"):]]
+        if path == parent + "/services" and method == "GET":
+            return 200, {"services": list(self.services.values())}
+        if path == parent + "/services" and method == "POST":
+            sid = rec["query"]["serviceId"][0]
+            if sid in self.services:
+                return 409, {"error": {"code": 409, "message": "already exists"}}
+            svc = dict(rec["body"], name=f"projects/{PROJECT}/locations/{REGION}/services/{sid}", uri=self.uri)
+            self.services[sid] = svc
+            return 200, self._operation(svc)
+        if path.startswith(parent + "/services/"):
+            sid = path.rsplit("/", 1)[1]
+            if sid not in self.services:
+                return 404, {"error": {"code": 404, "message": f"Resource '{sid}' of kind 'SERVICE' ... not found"}}
+            if method == "GET":
+                return 200, self.services[sid]
+            if method == "PATCH":
+                self.services[sid].update(rec["body"])
+                return 200, self._operation(self.services[sid])
+            if method == "DELETE":
+                return 200, self._operation(self.services.pop(sid))
+        return 400, {"error": {"code": 400, "message": f"unexpected {method} {path}"}}
+
+
+class CloudRunAdminContractTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.stub = AdminStub(_State.url)
+
+    def tearDown(self) -> None:
+        self.stub.close()
+
+    def options(self, **more: Any) -> Dict[str, Any]:
+        opts = {"project": PROJECT, "region": REGION, "service": SERVICE, "admin_endpoint": self.stub.url,
+                "admin_credentials": AccessToken(), "image": "europe-docker.pkg.dev/p/r/cloudpool:test",
+                "credentials": SignedIdTokens(_State.pem_key, CUSTOM_AUDIENCE), "concurrency": 2}
+        opts.update(more)
+        return opts
+
+    def backend(self, **more: Any):
+        return backends.get("cloudrun")(self.options(**more), max_workers=None,
+                                        storage_url=f"s3://{_State.bucket}/x", storage_options={})
+
+    def test_missing_service_refused_naming_deploy_command(self) -> None:
+        with CloudPoolExecutor(max_workers=1, backend="cloudrun", storage=f"s3://{_State.bucket}/m",
+                               config={"cloudrun": self.options(), "s3": dict(_State.s3)}) as ex:
+            with self.assertRaises(FileNotFoundError) as cm:
+                ex.submit(square, 2).result(BOUND)
+        self.assertIn(f"cloudpool runtime deploy --backend cloudrun {SERVICE}", str(cm.exception))
+
+    def test_deploy_list_delete_requests_then_run(self) -> None:
+        b = self.backend(memory_mb=512, timeout=300)
+        info = b.deploy_runtime(SERVICE)
+        b.shutdown()
+        create = [r for r in self.stub.requests if r["method"] == "POST"]
+        self.assertEqual(len(create), 1)
+        self.assertEqual(create[0]["path"], f"/v2/projects/{PROJECT}/locations/{REGION}/services")
+        self.assertEqual(create[0]["query"], {"serviceId": [SERVICE]})
+        body = create[0]["body"]
+        self.assertEqual(body["labels"], {"cloudpool-runtime": "true"})
+        self.assertEqual(body["customAudiences"], [CUSTOM_AUDIENCE])
+        container = body["template"]["containers"][0]
+        self.assertEqual(container["image"], "europe-docker.pkg.dev/p/r/cloudpool:test")
+        self.assertEqual(container["resources"], {"limits": {"memory": "512Mi"}})
+        self.assertIn({"name": "CLOUDRUN_AUDIENCE", "value": CUSTOM_AUDIENCE}, container["env"])
+        self.assertEqual(body["template"]["timeout"], "300s")
+        self.assertEqual(body["template"]["maxInstanceRequestConcurrency"], 2)
+        # The operation was polled to its end.
+        self.assertTrue([r for r in self.stub.requests if "/operations/" in r["path"]])
+        self.assertEqual(info["uri"], _State.url)
+        # Redeploying updates (PATCH) instead of creating.
+        self.backend().deploy_runtime(SERVICE)
+        self.assertEqual([r["method"] for r in self.stub.requests if r["path"].endswith("/services/" + SERVICE)][-1],
+                         "PATCH")
+        # Deployed: the URL comes from the Admin API and calls run, with the custom audience.
+        with CloudPoolExecutor(max_workers=2, backend="cloudrun", storage=f"s3://{_State.bucket}/d",
+                               config={"cloudrun": self.options(), "s3": dict(_State.s3)}) as ex:
+            self.assertEqual(list(ex.map(square, range(6), timeout=BOUND)), list(map(square, range(6))))
+        self.stub.services["other"] = {"name": "projects/x/locations/y/services/other", "labels": {}}
+        self.assertEqual([r["name"] for r in self.backend().list_runtimes()], [SERVICE])
+        with self.assertRaises(PermissionError):
+            self.backend().delete_runtime("other")
+        self.backend().delete_runtime(SERVICE)
+        self.assertEqual(self.stub.requests[-2]["method"], "DELETE")
+        self.assertNotIn(SERVICE, self.stub.services)
+
+    def test_admin_token_refused_is_permission_error(self) -> None:
+        class Wrong(AccessToken):
+            def refresh(self, request: Any) -> None:
+                self.token = "ya29.wrong"
+
+        with self.assertRaises(PermissionError):
+            self.backend(url=_State.url, admin_credentials=Wrong()).list_runtimes()
+
+    def test_bad_admin_options(self) -> None:
+        for key, value in (("project", "X"), ("region", "nowhere"), ("service", "Bad_Name"),
+                           ("memory_mb", 64), ("timeout", 4000)):
+            with self.subTest(key=key):
+                with self.assertRaisesRegex(ValueError, key):
+                    self.backend(url=_State.url, **{key: value})
 
 
 class CloudRunOptionsTest(unittest.TestCase):

@@ -55,7 +55,7 @@ knative_server = _load_knative_server()
 class IdTokenRuntime(knative_server.Runtime):
     """The knative ``Runtime`` whose requests carry Google ID tokens instead of a shared token."""
 
-    audience: str = ""
+    audience: Sequence[str] = ()
     certs_url: str = GOOGLE_CERTS_URL
     issuers: FrozenSet[str] = GOOGLE_ISSUERS
     invokers: FrozenSet[str] = frozenset()
@@ -72,7 +72,7 @@ class IdTokenRuntime(knative_server.Runtime):
         if scheme.lower() != "bearer" or not value.strip():
             return False
         try:
-            claims = google.oauth2.id_token.verify_token(value.strip(), self._request, audience=self.audience,
+            claims = google.oauth2.id_token.verify_token(value.strip(), self._request, audience=list(self.audience),
                                                          certs_url=self.certs_url, clock_skew_in_seconds=10)
         except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
             LOGGER.info("refused an ID token: %s", exc)
@@ -88,17 +88,20 @@ class IdTokenRuntime(knative_server.Runtime):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--audience", default=os.environ.get("CLOUDRUN_AUDIENCE"))
+    parser.add_argument("--audience", action="append", default=None,
+                        help="an audience tokens may be minted for (repeatable): the service URL and/or "
+                             "its custom audience (default: $CLOUDRUN_AUDIENCE, comma-separated)")
     parser.add_argument("--certs-url", default=os.environ.get("CLOUDRUN_CERTS_URL", GOOGLE_CERTS_URL),
                         help="where the token signers' public certificates are (Google's by default)")
     parser.add_argument("--issuer", action="append", default=None)
     parser.add_argument("--invoker-email", action="append", default=[])
     args, rest = parser.parse_known_args(argv)
-    if not args.audience:
+    audiences = args.audience or [a for a in os.environ.get("CLOUDRUN_AUDIENCE", "").split(",") if a]
+    if not audiences:
         print("server.py: give --audience (the service URL callers mint their ID tokens for) or set "
               "CLOUDRUN_AUDIENCE", file=sys.stderr)
         return 2
-    IdTokenRuntime.audience = args.audience
+    IdTokenRuntime.audience = tuple(audiences)
     IdTokenRuntime.certs_url = args.certs_url
     if args.issuer:
         IdTokenRuntime.issuers = frozenset(args.issuer)
