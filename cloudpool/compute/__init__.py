@@ -15,3 +15,4 @@ backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend"
 backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http", declared=_D + "KNATIVE")
 backends.register("openwhisk", "cloudpool.compute.openwhisk:OpenWhiskBackend", "http")
 backends.register("cloudrun", "cloudpool.compute.cloudrun:CloudRunBackend", "gcp")
+backends.register("codeengine", "cloudpool.compute.codeengine:CodeEngineBackend", "k8s")
