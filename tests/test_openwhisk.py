@@ -229,9 +229,18 @@ class ControllerStub:
             if value == {"cloudpool": "metadata"} and self.metadata_override is not None:
                 return {"activationId": aid, "response": {"status": "success", "success": True,
                                                           "result": self.metadata_override}}
-            resp = self.action.post("/run", {"value": value, "namespace": NAMESPACE, "action_name": name,
-                                             "activation_id": aid,
-                                             "deadline": int((time.time() + 60) * 1000)})
+            limit_ms = (self.actions.get(name, {}).get("limits") or {}).get("timeout", 60000)
+            try:
+                resp = self.action.post("/run", {"value": value, "namespace": NAMESPACE, "action_name": name,
+                                                 "activation_id": aid,
+                                                 "deadline": int(time.time() * 1000) + limit_ms},
+                                        timeout=limit_ms / 1000)
+            except requests.exceptions.ReadTimeout:
+                # As OpenWhisk records an activation that outlived its limit (the invoker
+                # then destroys the container; this stub leaves the process running).
+                return {"activationId": aid, "name": name, "namespace": NAMESPACE,
+                        "response": {"status": "action developer error", "success": False, "result": {
+                            "error": f"The action exceeded its time limits of {limit_ms} milliseconds."}}}
         result = resp.json()
         status = "success" if resp.status_code == 200 else "application error"
         return {"activationId": aid, "name": name, "namespace": NAMESPACE,
@@ -396,6 +405,16 @@ class OpenWhiskEndToEndTest(unittest.TestCase):
                 bad.result(BOUND)
             self.assertEqual(good.result(BOUND), 49)
 
+    def test_build_runtime_writes_a_build_context(self) -> None:
+        out = tempfile.mkdtemp(prefix="cp-ow-build-")
+        info = make_backend(self.stub.url).build_runtime("cp", requirements=["numpy"], output=out)
+        files = set(os.listdir(info["context"]))
+        self.assertTrue({"Dockerfile", "action.py", "knative_server.py", "cloudpool", "requirements.txt",
+                         "setup.cfg"} <= files, files)
+        with open(os.path.join(info["context"], "requirements.txt")) as f:
+            self.assertEqual(f.read(), "numpy\n")
+        self.assertIn("cloudpool runtime deploy --backend openwhisk cp", info["next"])
+
     def test_credentials_never_in_payloads(self) -> None:
         before = len(self.stub.requests)
         with self.make_executor(max_workers=2) as ex:
@@ -520,6 +539,19 @@ class OpenWhiskContractTest(unittest.TestCase):
                 ex.submit(square, 5).result(BOUND)
         self.assertLess(time.monotonic() - started, BOUND)
         self.assertIn("429", str(cm.exception) + str(cm.exception.__cause__))
+
+    def test_action_time_limit_fails_the_call_with_a_timeout(self) -> None:
+        from cloudpool.errors import CallTimeoutError
+
+        make_backend(self.stub.url, timeout=1).deploy_runtime("short")
+        started = time.monotonic()
+        with CloudPoolExecutor(backend="openwhisk", storage=fresh_storage(), max_workers=1,
+                               config={"openwhisk": ow_options(self.stub.url, action="short", timeout=1),
+                                       "s3": dict(_State.s3_options), "retries": 0}) as ex:
+            with self.assertRaises(CallTimeoutError) as cm:
+                ex.submit(slow, 2.5).result(BOUND)
+        self.assertIn("time limits", str(cm.exception))
+        self.assertLess(time.monotonic() - started, BOUND)
 
     def test_wrong_key_is_permission_error(self) -> None:
         b = make_backend(self.stub.url, api_key="nobody:wrong")

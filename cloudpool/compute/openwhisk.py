@@ -411,7 +411,7 @@ class OpenWhiskBackend(ComputeBackend):
                 self._notify(InvocationLost(
                     job.inv, f"activation {activation_id} of {self.action!r} has no record {self.timeout} s "
                              f"(the action's timeout) + {self.activation_grace:g} s after it was accepted "
-                             f"({problem}); OpenWhisk lost it", timed_out=True))
+                             f"({problem}); OpenWhisk lost it"))
                 return
             time.sleep(delay)
             delay = min(_POLL_MAX, delay * 2)
