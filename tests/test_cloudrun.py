@@ -359,6 +359,82 @@ class CloudRunAdminContractTest(unittest.TestCase):
                     self.backend(url=_State.url, **{key: value})
 
 
+class TokenEndpoint:
+    """Google's OAuth token endpoint for a service account's ID tokens (JWT-bearer grant), as
+    documented: checks the assertion's signature against the service account's certificate
+    and answers an ``id_token`` for its ``target_audience``, signed by the "Google" test key."""
+
+    def __init__(self, sa_cert: str, sa_kid: str) -> None:
+        self.grants: list = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                from urllib.parse import parse_qs
+
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+                try:
+                    assert form["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+                    claims = google.auth.jwt.decode(form["assertion"][0], certs={sa_kid: sa_cert}, verify=True,
+                                                    audience=None)
+                    creds = SignedIdTokens(_State.pem_key, claims["target_audience"])
+                    creds.refresh(None)
+                    body, code = {"id_token": creds.token}, 200
+                    stub.grants.append(claims)
+                except (AssertionError, KeyError, ValueError) as exc:
+                    body, code = {"error": "invalid_grant", "error_description": str(exc)}, 400
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class CloudRunApplicationDefaultCredentialsTest(unittest.TestCase):
+    """No credentials object: google-auth's own ADC path (a service-account key file named by
+    GOOGLE_APPLICATION_CREDENTIALS) mints the ID tokens, here from a local token endpoint."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        sa_key, sa_cert = _key_and_cert()
+        cls.endpoint = TokenEndpoint(sa_cert, "sa-key-1")
+        cls.keyfile = os.path.join(tempfile.mkdtemp(prefix="cp-cloudrun-adc-"), "sa.json")
+        with open(cls.keyfile, "w") as f:
+            json.dump({"type": "service_account", "project_id": PROJECT, "private_key_id": "sa-key-1",
+                       "private_key": sa_key.decode(), "client_email": f"invoker@{PROJECT}.iam.gserviceaccount.com",
+                       "client_id": "1", "token_uri": cls.endpoint.url}, f)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.endpoint.close()
+
+    def test_cloudpool_hello_with_adc(self) -> None:
+        env = dict(os.environ, PYTHONPATH=ROOT, GOOGLE_APPLICATION_CREDENTIALS=self.keyfile,
+                   CLOUDPOOL_CLOUDRUN__URL=_State.url, CLOUDPOOL_STORAGE=f"s3://{_State.bucket}/hello",
+                   CLOUDPOOL_S3__ENDPOINT_URL=_State.s3["endpoint_url"], AWS_ACCESS_KEY_ID=servers.S3_ACCESS_KEY,
+                   AWS_SECRET_ACCESS_KEY=servers.S3_SECRET_KEY, AWS_DEFAULT_REGION=servers.S3_REGION)
+        env.pop("CLOUDPOOL_CONFIG", None)
+        proc = subprocess.run([sys.executable, "-c", "import sys; from cloudpool.cli import main; "
+                               "sys.exit(main(sys.argv[1:]))", "hello", "--backend", "cloudrun"],
+                              env=env, capture_output=True, text=True, timeout=BOUND)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("cloudrun", proc.stdout)
+        # The audience asked for was the service URL (no project/region/service given).
+        self.assertEqual(self.endpoint.grants[-1]["target_audience"], _State.url)
+
+
 class CloudRunOptionsTest(unittest.TestCase):
     def build(self, **options: Any):
         return backends.get("cloudrun")(options, max_workers=None, storage_url="s3://b/p", storage_options={})

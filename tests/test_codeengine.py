@@ -210,6 +210,18 @@ class CodeEngineLifecycleTest(unittest.TestCase):
             got = list(ex.map(square, range(20), timeout=BOUND))
         self.assertEqual(got, list(map(square, range(20))))
 
+        # `cloudpool hello` from the configuration alone (environment), as a user runs it.
+        env = dict(os.environ, PYTHONPATH=ROOT, CLOUDPOOL_STORAGE=f"s3://{_State.bucket}/hello",
+                   CLOUDPOOL_S3__ENDPOINT_URL=_State.moto.endpoint_url, **_State.moto.env,
+                   **{f"CLOUDPOOL_CODEENGINE__{k.upper()}": str(v) for k, v in ce_options().items()
+                      if k in ("api_server", "namespace", "api_key", "iam_endpoint", "app")})
+        env.pop("CLOUDPOOL_CONFIG", None)
+        hello = subprocess.run([sys.executable, "-c", "import sys; from cloudpool.cli import main; "
+                                "sys.exit(main(sys.argv[1:]))", "hello", "--backend", "codeengine"],
+                               env=env, capture_output=True, text=True, timeout=BOUND)
+        self.assertEqual(hello.returncode, 0, hello.stdout + hello.stderr)
+        self.assertIn("codeengine", hello.stdout)
+
         listed = backend().list_runtimes()
         self.assertEqual([(r["name"], r["url"]) for r in listed], [("cp-app", url)])
         backend().delete_runtime("cp-app")
