@@ -176,9 +176,11 @@ class CloudRunEndToEndTest(unittest.TestCase):
 
     def test_wrong_audience_refused(self) -> None:
         creds = SignedIdTokens(_State.pem_key, "https://another-service.a.run.app")
-        with executor(creds) as ex:
-            with self.assertRaises(PermissionError):
+        with executor(creds, audience="https://another-service.a.run.app") as ex:
+            with self.assertRaises(PermissionError) as cm:
                 ex.submit(square, 3).result(BOUND)
+        self.assertIn("roles/run.invoker", str(cm.exception))
+        self.assertIn("another-service", str(cm.exception))
 
     def test_token_signed_by_another_key_refused(self) -> None:
         other_key, _ = _key_and_cert()

@@ -28,7 +28,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List
 from urllib.parse import parse_qs
 
-import kmock
 from kubernetes import client as k8s_client
 
 from cloudpool import CloudPoolExecutor

@@ -145,6 +145,16 @@ class CloudRunBackend(KnativeBackend):
     def _headers(self, value: Dict[str, str]) -> None:
         self.__dict__["_base_headers"] = {k: v for k, v in value.items() if k != "Authorization"}
 
+    def _fetch_runtime(self, session, svc):
+        try:
+            return super()._fetch_runtime(session, svc)
+        except PermissionError as exc:
+            # The inherited message speaks of knative's shared token; say what is wrong here.
+            raise PermissionError(
+                f"{svc.url} refused the Google ID token minted for audience {self.audience!r} ({exc}): the "
+                f"caller needs roles/run.invoker on the service, and 'audience' must be one the service "
+                f"accepts (its URL, or the custom audience cloudpool's deploy gives it)") from None
+
     def start(self, notify) -> None:
         if self._missing is not None:
             # No service to check: every invoke is refused with the deploy command (knative's
