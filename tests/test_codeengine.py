@@ -147,6 +147,21 @@ def start_runtime(token: str) -> str:
             time.sleep(0.1)
 
 
+def stored_bytes(prefix: str) -> Dict[str, bytes]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=_State.moto.endpoint_url, region_name=servers.S3_REGION,
+                      aws_access_key_id=servers.S3_ACCESS_KEY, aws_secret_access_key=servers.S3_SECRET_KEY)
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=_State.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            try:
+                out[obj["Key"]] = s3.get_object(Bucket=_State.bucket, Key=obj["Key"])["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                pass  # consumed and removed by the client meanwhile
+    return out
+
+
 def ce_options(**more: Any) -> Dict[str, Any]:
     opts = {"api_server": _State.api.url, "namespace": NAMESPACE, "api_key": API_KEY,
             "iam_endpoint": _State.iam.url, "app": "cp-app", "image": "icr.io/ns/cloudpool-knative:test",
@@ -207,7 +222,13 @@ class CodeEngineLifecycleTest(unittest.TestCase):
         with CloudPoolExecutor(max_workers=2, backend="codeengine", storage=f"s3://{_State.bucket}/r",
                                config={"codeengine": ce_options(), "s3": dict(_State.s3)}) as ex:
             got = list(ex.map(square, range(20), timeout=BOUND))
+            stored = stored_bytes("r")  # before shutdown removes the executor's objects
         self.assertEqual(got, list(map(square, range(20))))
+        # No credential of any kind in what the run stored (events, job, statuses).
+        self.assertTrue(stored)
+        for key, data in stored.items():
+            for secret_value in (API_KEY, IAM_TOKEN, token):
+                self.assertNotIn(secret_value.encode(), data, key)
 
         # `cloudpool hello` from the configuration alone (environment), as a user runs it.
         env = dict(os.environ, PYTHONPATH=ROOT, CLOUDPOOL_STORAGE=f"s3://{_State.bucket}/hello",

@@ -314,6 +314,23 @@ def fresh_storage() -> str:
     return f"s3://{_State.bucket}/run-{uuid.uuid4().hex[:8]}"
 
 
+def stored_bytes(storage_url: str) -> Dict[str, bytes]:
+    """Every object under ``storage_url`` (an s3:// prefix on moto), by key."""
+    import boto3
+
+    bucket, _, prefix = storage_url[len("s3://"):].partition("/")
+    s3 = boto3.client("s3", endpoint_url=_State.moto.endpoint_url, region_name=servers.S3_REGION,
+                      aws_access_key_id=servers.S3_ACCESS_KEY, aws_secret_access_key=servers.S3_SECRET_KEY)
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            try:
+                out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                pass  # consumed and removed by the client meanwhile
+    return out
+
+
 def make_backend(api_host: str, **overrides: Any):
     return backends.get("openwhisk")(ow_options(api_host, **overrides), max_workers=None,
                                      storage_url=fresh_storage(), storage_options={})
@@ -415,10 +432,16 @@ class OpenWhiskEndToEndTest(unittest.TestCase):
             self.assertEqual(f.read(), "numpy\n")
         self.assertIn("cloudpool runtime deploy --backend openwhisk cp", info["next"])
 
-    def test_credentials_never_in_payloads(self) -> None:
+    def test_credentials_never_in_payloads_or_storage(self) -> None:
         before = len(self.stub.requests)
-        with self.make_executor(max_workers=2) as ex:
+        storage = fresh_storage()
+        with CloudPoolExecutor(backend="openwhisk", storage=storage, max_workers=2,
+                               config={"openwhisk": ow_options(self.stub.url), "s3": dict(_State.s3_options)}) as ex:
             self.assertEqual(ex.submit(square, 3).result(BOUND), 9)
+            stored = stored_bytes(storage)  # before shutdown removes the executor's objects
+        self.assertTrue(stored, "the run stored its job, batch and status objects")
+        for key, data in stored.items():
+            self.assertNotIn(API_KEY.split(":")[1].encode(), data, key)
         secret = API_KEY.split(":")[1]
         sent = self.stub.requests[before:]
         self.assertTrue([r for r in sent if r["query"].get("blocking") == ["false"]])
