@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from . import declared
 from .knative import KnativeBackend
 
 ADMIN_ENDPOINT = "https://run.googleapis.com"
@@ -91,10 +92,8 @@ class CloudRunBackend(KnativeBackend):
     """Runs invocations on a Cloud Run service of the cloudpool runtime, authenticated by ID tokens."""
 
     name = "cloudrun"
-    # "token" is listed only for the inherited machinery: a user's 'token' is refused below.
-    option_names = frozenset({"url", "urls", "audience", "credentials", "concurrency", "request_timeout",
-                              "retry_seconds", "notices", "token", "project", "region", "service", "image",
-                              "memory_mb", "timeout", "admin_endpoint", "admin_credentials"})
+    option_names = declared.CLOUDRUN.options
+    secret_option_names = declared.CLOUDRUN.secrets
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
@@ -123,8 +122,11 @@ class CloudRunBackend(KnativeBackend):
         if credentials is not None and not (hasattr(credentials, "refresh") and hasattr(credentials, "token")):
             raise ValueError("the cloudrun backend's 'credentials' must be google-auth credentials whose token "
                              "is an ID token (e.g. google.oauth2.service_account.IDTokenCredentials)")
-        # The knative machinery reads a token option; ours changes per hour (the _headers property).
+        # The knative machinery reads a token option; ours changes per hour (the _headers
+        # property). This instance alone accepts it, for that internal use: a user's 'token'
+        # was refused above (and by the configuration, which checks the declared options).
         options["token"] = "google-id-token"
+        self.option_names = declared.CLOUDRUN.options | {"token"}
         super().__init__(options, max_workers=max_workers, storage_url=storage_url,
                          storage_options=storage_options)
         if audience is None:

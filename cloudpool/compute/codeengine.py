@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import requests
 
+from . import declared
 from .knative import KnativeBackend
 
 IAM_ENDPOINT = "https://iam.cloud.ibm.com"
@@ -97,9 +98,8 @@ class CodeEngineBackend(KnativeBackend):
     """Runs invocations on a Code Engine application of the cloudpool HTTP runtime."""
 
     name = "codeengine"
-    option_names = frozenset({"url", "urls", "token", "concurrency", "request_timeout", "retry_seconds",
-                              "notices", "region", "api_key", "iam_endpoint", "api_server", "namespace",
-                              "app", "image", "memory_mb", "timeout"})
+    option_names = declared.CODEENGINE.options
+    secret_option_names = declared.CODEENGINE.secrets
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
@@ -109,8 +109,9 @@ class CodeEngineBackend(KnativeBackend):
                                            "app", "image", "memory_mb", "timeout") if k in options}
         unknown = set(options) - set(self.option_names)
         if unknown:  # before any network use
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for the 'codeengine' backend; "
-                             f"accepted: {sorted(self.option_names)}")
+            from ..config import unknown_options_error
+
+            raise unknown_options_error("the 'codeengine' backend", unknown, self.option_names)
         region = own.get("region")
         if region is not None and (not isinstance(region, str) or not _REGION_RE.match(region)):
             raise ValueError(f"the codeengine backend's 'region' must look like 'us-south', not {region!r}")

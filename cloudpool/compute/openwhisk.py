@@ -47,6 +47,7 @@ from .._version import __version__
 from ..errors import VersionMismatchError
 from ..storage import split_url
 from . import _http_invoke as hi
+from . import declared
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 
 LOGGER = logging.getLogger("cloudpool")
@@ -124,8 +125,8 @@ class OpenWhiskBackend(ComputeBackend):
     """Runs invocations as activations of a cloudpool action on Apache OpenWhisk / IBM Cloud Functions."""
 
     name = "openwhisk"
-    option_names = frozenset({"api_host", "namespace", "api_key", "action", "memory_mb", "timeout",
-                              "image", "retry_seconds", "activation_grace", "insecure"})
+    option_names = declared.OPENWHISK.options
+    secret_option_names = declared.OPENWHISK.secrets
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],
