@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +63,10 @@ def pid_of_worker(_: Any = None) -> int:
 
 def crash(_: Any = None) -> None:
     os._exit(3)
+
+
+def sigkill(_: Any = None) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def slow(seconds: float) -> float:
@@ -421,6 +426,16 @@ class OpenWhiskEndToEndTest(unittest.TestCase):
             with self.assertRaises(WorkerLostError):
                 bad.result(BOUND)
             self.assertEqual(good.result(BOUND), 49)
+
+    def test_sigkilled_worker_is_reported_killed(self) -> None:
+        from cloudpool.errors import WorkerKilledError
+
+        with CloudPoolExecutor(backend="openwhisk", storage=fresh_storage(), max_workers=1,
+                               config={"openwhisk": ow_options(self.stub.url), "s3": dict(_State.s3_options),
+                                       "retries": 0}) as ex:
+            with self.assertRaises(WorkerKilledError):
+                ex.submit(sigkill).result(BOUND)
+            self.assertEqual(ex.submit(square, 4).result(BOUND), 16)
 
     def test_build_runtime_writes_a_build_context(self) -> None:
         out = tempfile.mkdtemp(prefix="cp-ow-build-")

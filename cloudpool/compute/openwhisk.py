@@ -427,7 +427,8 @@ class OpenWhiskBackend(ComputeBackend):
             if lost:
                 self._notify(InvocationLost(job.inv, f"activation {activation_id}: {lost.get('reason')}",
                                             running_call=lost.get("running_call"),
-                                            timed_out=bool(lost.get("timed_out"))))
+                                            timed_out=bool(lost.get("timed_out")),
+                                            killed=bool(lost.get("killed"))))
             return
         error = result.get("error") if isinstance(result, dict) else result
         text = str(error)[:500]

@@ -18,7 +18,7 @@ refused, rather than silently running something else than what was sent. ``/run`
 or ``{"cloudpool": "metadata"}``, the version handshake the ``openwhisk`` backend makes
 before its first invocation. The result of an event is::
 
-    {"segments": [<status>, ...], "lost": null | {"reason", "running_call", "timed_out"}}
+    {"segments": [<status>, ...], "lost": null | {"reason", "running_call", "timed_out", "killed"}}
 
 the same status objects the worker stored (so the client can fetch results at once)
 and, if the worker process died, which call it was running.
@@ -154,7 +154,8 @@ class ActionProxy:
             else:
                 return {"segments": segments,
                         "lost": {"reason": notice.reason, "running_call": notice.running_call,
-                                 "timed_out": notice.timed_out}}
+                                 "timed_out": notice.timed_out,
+                                 "killed": bool(getattr(notice, "killed", False))}}
 
 
 class Handler(BaseHTTPRequestHandler):
