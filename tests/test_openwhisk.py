@@ -32,7 +32,7 @@ import time
 import unittest
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -78,12 +78,12 @@ def slow(seconds: float) -> float:
 class ActionProcess:
     """``runtime/openwhisk/action.py`` as a process: one OpenWhisk container."""
 
-    def __init__(self, env: Dict[str, str], concurrency: int = 2) -> None:
+    def __init__(self, env: Dict[str, str], concurrency: int = 2, pythonpath: Sequence[str] = ()) -> None:
         self.port = servers.free_port()
         self.initialised = False
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = dict(os.environ, **env)
-        full_env["PYTHONPATH"] = ROOT
+        full_env["PYTHONPATH"] = os.pathsep.join([*pythonpath, ROOT])
         self.log = open(os.path.join(tempfile.gettempdir(), f"openwhisk-action-{self.port}.log"), "w")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "runtime", "openwhisk", "action.py"), "--host", "127.0.0.1",
@@ -127,7 +127,6 @@ class ControllerStub:
         self.activations: Dict[str, Dict[str, Any]] = {}
         self.requests: List[Dict[str, Any]] = []
         self.throttle_next = 0         # answer this many non-blocking invokes with 429
-        self.metadata_override: Optional[Dict[str, Any]] = None
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(slots)
         stub = self
@@ -231,9 +230,6 @@ class ControllerStub:
                                                                 "binary": False}})
                     assert resp.status_code == 200, resp.text
                     self.action.initialised = True  # one container: init once, ever
-            if value == {"cloudpool": "metadata"} and self.metadata_override is not None:
-                return {"activationId": aid, "response": {"status": "success", "success": True,
-                                                          "result": self.metadata_override}}
             limit_ms = (self.actions.get(name, {}).get("limits") or {}).get("timeout", 60000)
             try:
                 resp = self.action.post("/run", {"value": value, "namespace": NAMESPACE, "action_name": name,
@@ -545,15 +541,26 @@ class OpenWhiskContractTest(unittest.TestCase):
         self.assertFalse([r for r in self.stub.invokes() if r["query"].get("blocking") == ["false"]])
 
     def test_stale_runtime_refused(self) -> None:
-        make_backend(self.stub.url).deploy_runtime("cp")
-        other = dict(protocol.versions(), cloudpool="0.0.0-other")
-        self.stub.metadata_override = {"protocol": protocol.PROTOCOL_VERSION, "versions": other}
+        # A real action process whose cloudpool reports another version (as an image built
+        # from another release would): sitecustomize patches it before anything is imported.
+        patch_dir = tempfile.mkdtemp(prefix="cp-ow-mismatch-")
+        with open(os.path.join(patch_dir, "sitecustomize.py"), "w") as f:
+            f.write("import cloudpool, cloudpool._version\n"
+                    "cloudpool.__version__ = cloudpool._version.__version__ = '9.9.9'\n")
+        stale = ActionProcess(_State.moto.env, concurrency=1, pythonpath=[patch_dir])
+        self.addCleanup(stale.close)
+        stub = ControllerStub(stale)
+        self.addCleanup(stub.close)
+        make_backend(stub.url).deploy_runtime("cp")
         with CloudPoolExecutor(backend="openwhisk", storage=fresh_storage(), max_workers=1,
-                               config={"openwhisk": ow_options(self.stub.url), "s3": dict(_State.s3_options)}) as ex:
+                               config={"openwhisk": ow_options(stub.url), "s3": dict(_State.s3_options)}) as ex:
             with self.assertRaises(VersionMismatchError) as cm:
                 ex.submit(square, 2).result(BOUND)
-        self.assertIn("0.0.0-other", str(cm.exception))
+        self.assertIn(f"cloudpool {protocol.versions()['cloudpool']} on the client but 9.9.9 on the worker",
+                      str(cm.exception))
         self.assertIn("cloudpool runtime deploy --backend openwhisk cp", str(cm.exception))
+        # Refused before any invocation: only blocking metadata activations reached the controller.
+        self.assertFalse([r for r in stub.invokes() if r["query"].get("blocking") == ["false"]])
 
     def test_429_backed_off_then_runs(self) -> None:
         make_backend(self.stub.url).deploy_runtime("cp")
