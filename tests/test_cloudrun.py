@@ -85,14 +85,20 @@ class SignedIdTokens(google.auth.credentials.Credentials):
             "sub": "1234", "email": "invoker@test.iam.gserviceaccount.com"}).decode()
 
 
+def _fresh_token(audience: str) -> str:
+    creds = SignedIdTokens(_State.pem_key, audience)
+    creds.refresh(None)
+    return creds.token
+
+
 class _State:
     certs_server = None
-    proc = None
+    certs_url = ""
+    procs: list = []
     url = ""
     pem_key = b""
     bucket = "cp-cloudrun-" + uuid.uuid4().hex[:8]
     s3: Dict[str, Any] = {}
-    log = None
 
 
 def setUpModule() -> None:
@@ -120,35 +126,44 @@ def setUpModule() -> None:
 
     _State.certs_server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
     threading.Thread(target=_State.certs_server.serve_forever, daemon=True).start()
-    certs_url = f"http://127.0.0.1:{_State.certs_server.server_address[1]}/oauth2/v1/certs"
+    _State.certs_url = f"http://127.0.0.1:{_State.certs_server.server_address[1]}/oauth2/v1/certs"
+    _State.url = start_runtime(extra_audience=CUSTOM_AUDIENCE)
+
+
+def start_runtime(extra_audience: str = "", pythonpath: str = "") -> str:
+    """``runtime/cloudrun/server.py`` as a process (one Cloud Run instance); returns its URL."""
     port = servers.free_port()
-    _State.url = f"http://127.0.0.1:{port}"
-    _State.log = open(os.path.join(tempfile.gettempdir(), f"cloudrun-runtime-{port}.log"), "w")
-    _State.proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "runtime", "cloudrun", "server.py"), "--audience", _State.url,
-         "--audience", CUSTOM_AUDIENCE, "--certs-url", certs_url, "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2",
+    url = f"http://127.0.0.1:{port}"
+    log = open(os.path.join(tempfile.gettempdir(), f"cloudrun-runtime-{port}.log"), "w")
+    audiences = ["--audience", url] + (["--audience", extra_audience] if extra_audience else [])
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "runtime", "cloudrun", "server.py"), *audiences,
+         "--certs-url", _State.certs_url, "--host", "127.0.0.1", "--port", str(port), "--concurrency", "2",
          "--start-method", "fork"],
-        env=dict(os.environ, PYTHONPATH=ROOT, **moto.env), stdout=_State.log, stderr=subprocess.STDOUT)
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, ROOT) if p),
+                 **servers.moto_s3().env),
+        stdout=log, stderr=subprocess.STDOUT)
+    _State.procs.append((proc, log))
     deadline = time.monotonic() + 30
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return url
         except OSError:
-            if _State.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the cloudrun runtime did not start: see {_State.log.name}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the cloudrun runtime did not start: see {log.name}")
             time.sleep(0.1)
 
 
 def tearDownModule() -> None:
-    if _State.proc is not None:
-        _State.proc.terminate()
+    for proc, log in _State.procs:
+        proc.terminate()
         try:
-            _State.proc.wait(10)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
-            _State.proc.kill()
-            _State.proc.wait()
-        _State.log.close()
+            proc.kill()
+            proc.wait()
+        log.close()
     if _State.certs_server is not None:
         _State.certs_server.shutdown()
         _State.certs_server.server_close()
@@ -192,6 +207,24 @@ class CloudRunEndToEndTest(unittest.TestCase):
         with executor(SignedIdTokens(_State.pem_key, _State.url, issuer="https://evil.example")) as ex:
             with self.assertRaises(PermissionError):
                 ex.submit(square, 3).result(BOUND)
+
+    def test_stale_runtime_refused_before_any_invocation(self) -> None:
+        from cloudpool import protocol
+        from cloudpool.errors import VersionMismatchError
+
+        patch_dir = tempfile.mkdtemp(prefix="cp-cloudrun-mismatch-")
+        with open(os.path.join(patch_dir, "sitecustomize.py"), "w") as f:
+            f.write("import cloudpool, cloudpool._version\n"
+                    "cloudpool.__version__ = cloudpool._version.__version__ = '9.9.9'\n")
+        stale = start_runtime(pythonpath=patch_dir)
+        with executor(SignedIdTokens(_State.pem_key, stale), url=stale) as ex:
+            with self.assertRaises(VersionMismatchError) as cm:
+                ex.submit(square, 2).result(BOUND)
+        self.assertIn(f"cloudpool {protocol.versions()['cloudpool']} on the client but 9.9.9 on the worker",
+                      str(cm.exception))
+        stats = requests.get(stale + "/runtime", timeout=10, headers={
+            "Authorization": "Bearer " + _fresh_token(stale)}).json()["stats"]
+        self.assertEqual(stats.get("invocations", 0), 0)
 
     def test_runtime_refuses_missing_token(self) -> None:
         self.assertEqual(requests.get(_State.url + "/runtime", timeout=10).status_code, 401)
