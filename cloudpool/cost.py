@@ -116,7 +116,7 @@ PRICES: Dict[str, PriceSheet] = {
 }
 
 #: The platform each backend bills on, when cloudpool knows it from the backend alone.
-_BACKEND_PLATFORM = {"aws_lambda": "aws_lambda"}
+_BACKEND_PLATFORM = {"aws_lambda": "aws_lambda", "cloudrun": "cloud_run", "codeengine": "code_engine"}
 #: Backends whose calls run on this machine: nothing to pay a platform for.
 _FREE_BACKENDS = {"local"}
 

@@ -13,3 +13,7 @@ backends.register("aws_lambda", "cloudpool.compute.aws_lambda:LambdaBackend", "a
 backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend", "k8s",
                   declared=_D + "KUBERNETES")
 backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http", declared=_D + "KNATIVE")
+backends.register("openwhisk", "cloudpool.compute.openwhisk:OpenWhiskBackend", "http", declared=_D + "OPENWHISK")
+backends.register("cloudrun", "cloudpool.compute.cloudrun:CloudRunBackend", "gcp", declared=_D + "CLOUDRUN")
+backends.register("codeengine", "cloudpool.compute.codeengine:CodeEngineBackend", "k8s",
+                  declared=_D + "CODEENGINE")

@@ -25,3 +25,17 @@ KUBERNETES = Declared(frozenset({
     "backoff_limit_per_index", "collect_window", "status_interval", "pod_start_timeout",
     "api_timeout",
 }))
+
+OPENWHISK = Declared(frozenset({"api_host", "namespace", "api_key", "action", "memory_mb", "timeout",
+                                "image", "retry_seconds", "activation_grace", "insecure"}),
+                     secrets=frozenset({"api_key"}))
+
+CLOUDRUN = Declared(frozenset({"url", "urls", "audience", "credentials", "concurrency", "request_timeout",
+                               "retry_seconds", "notices", "project", "region", "service", "image",
+                               "memory_mb", "timeout", "admin_endpoint", "admin_credentials"}),
+                    secrets=frozenset({"credentials", "admin_credentials"}))
+
+CODEENGINE = Declared(frozenset({"url", "urls", "token", "concurrency", "request_timeout", "retry_seconds",
+                                 "notices", "region", "api_key", "iam_endpoint", "api_server", "namespace",
+                                 "app", "image", "memory_mb", "timeout"}),
+                      secrets=frozenset({"api_key", "token"}))
