@@ -437,12 +437,15 @@ class Manager(threading.Thread):
         batch = Batch(job, number, calls, blob, offsets)
         event = dict(self.event_base)
         event.update(job=job.id, batch=number, offsets=offsets, init=self.has_initializer,
-                     fn_sum=job.fn_sum, args_sum=protocol.checksum(blob))
+                     fn_sum=job.fn_sum)
+        piped = len(blob) > self.config["inline_limit"] and len(blob) <= (self.caps.inline_limit or 0)
+        if not piped:
+            event["args_sum"] = protocol.checksum(blob)
         if self._modules_ref is not None:
             event["modules"] = self._modules_ref
         if self._main_ref is not None:
             event["main"] = self._main_ref
-        if len(blob) <= self.config["inline_limit"]:
+        if piped or len(blob) <= self.config["inline_limit"]:
             event["args"] = blob
         else:
             key = self.keys.args(job.id, number)

@@ -174,7 +174,7 @@ def _section_kind(section: str) -> Tuple[str, Optional[frozenset]]:
     from .compute import backends
     from .storage import storages
 
-    if section in backends.names():
+    if section in backends:
         declared = backends.declared(section)
         return f"the {section!r} backend", None if declared is None else declared.options
     declared = storages.declared(section)

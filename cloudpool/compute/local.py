@@ -61,6 +61,11 @@ SHARE_ENV = "_CLOUDPOOL_LOCAL_SHARE"
 _THREADS_DEPTH = 2
 #: At most this many threads for one executor nested that deep.
 _MAX_THREADS = 32
+#: Argument blobs at least this big follow their event as a separate pipe message,
+#: written straight from the manager's buffer (no copy into the pickled event).
+_SPLIT_ARGS_BYTES = 64 * 1024
+#: Largest argument blob sent through the pipe instead of storage (see Capabilities.inline_limit).
+_PIPE_ARGS_LIMIT = 1 << 40
 
 
 def _env_int(name: str, default: int) -> int:
@@ -134,7 +139,12 @@ def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
             return
         if message is None:
             return
-        inv, event = message
+        inv, event, args_follow = message
+        if args_follow:
+            try:
+                event["args"] = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
         hooks.inv = inv
         slot[0] = -1
         try:
@@ -206,8 +216,9 @@ class LocalBackend(ComputeBackend):
         self._notices = bool(self.options.get("notices", True))
         self._lock = threading.Lock()
         self._workers: List[_Worker] = []
-        # (invocation id, the pickled (inv, event) message for the worker's pipe)
-        self._queue: Deque[Tuple[str, bytes]] = collections.deque()
+        # (invocation id, (the pickled (inv, event, args follow) message for the worker's
+        # pipe, the big argument blob sent after it or None))
+        self._queue: Deque[Tuple[str, Tuple[bytes, Any]]] = collections.deque()
         self._where: Dict[str, _Worker] = {}
         self._reader: Optional[threading.Thread] = None
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
@@ -225,6 +236,7 @@ class LocalBackend(ComputeBackend):
             batch_target_seconds=0.02,
             # One call per invocation, so no batch runs past a worker's allowance.
             max_batch_calls=1 if self._max_tasks is not None else None,
+            inline_limit=_PIPE_ARGS_LIMIT,
         )
 
     def describe(self) -> Dict[str, Any]:
@@ -240,7 +252,12 @@ class LocalBackend(ComputeBackend):
     def invoke(self, inv: str, event: Dict[str, Any]) -> None:
         # Pickled here, in the caller's thread and outside the lock: an event that cannot
         # be pickled fails this invoke() alone, never the reader thread's later dispatch.
-        message = ForkingPickler.dumps((inv, event))
+        args = event.get("args")
+        if args is not None and len(args) >= _SPLIT_ARGS_BYTES:
+            event = {k: v for k, v in event.items() if k != "args"}
+        else:
+            args = None
+        message = (ForkingPickler.dumps((inv, event, args is not None)), args)
         with self._lock:
             if self._closing:
                 raise RuntimeError("the local backend is shut down")
@@ -323,7 +340,9 @@ class LocalBackend(ComputeBackend):
             idle.inv = inv
             self._where[inv] = idle
             try:
-                idle.conn.send_bytes(message)
+                idle.conn.send_bytes(message[0])
+                if message[1] is not None:
+                    idle.conn.send_bytes(message[1])
             except (OSError, ValueError):
                 # Died before we could hand it over; its sentinel will fire. Re-queue.
                 idle.inv = None
@@ -331,10 +350,12 @@ class LocalBackend(ComputeBackend):
                 idle.kill_reason = "dead"
                 self._queue.appendleft((inv, message))
 
-    def _run_in_thread(self, inv: str, message: bytes) -> None:
+    def _run_in_thread(self, inv: str, message: Tuple[bytes, Any]) -> None:
         """Run one invocation in this process (nested beyond ``_THREADS_DEPTH``)."""
         try:
-            _inv, event = pickle.loads(message)
+            _inv, event, args_follow = pickle.loads(message[0])
+            if args_follow:
+                event["args"] = message[1]
             worker_module.handle(event, _ThreadHooks(self))
         except BaseException as exc:  # noqa: BLE001 - e.g. storage unreachable: the invocation is lost
             self._notify(InvocationLost(inv, "the call could not run:\n" + "".join(traceback.format_exception(exc)),
