@@ -10,6 +10,12 @@ worker dies, the reader knows which invocation it held and -- from a shared-memo
 slot the worker updates before each call -- which call was running, so exactly that
 call fails and the rest of its batch can run again elsewhere.
 
+Big arguments do not go through storage here: the backend declares
+``Capabilities.inline_limit``, so the manager hands them over inside the event, with
+numpy arrays pickled out of band (``protocol.Pieces``), and they follow the pickled
+event on the pipe as raw bytes, written from the caller's memory and read into one
+buffer the worker's arrays are views of (``pipe_args=False``: through storage instead).
+
 Workers are started on demand (a cold start forks one process, not ``max_workers``)
 with the ``fork`` start method on Linux, like the 3.11 stdlib, or any start method
 given as ``start_method``/``mp_context``.
@@ -66,6 +72,8 @@ _MAX_THREADS = 32
 #: into one buffer of the right size: no copy into the pickled event, and none of the
 #: chunk-by-chunk reassembly of ``Connection.recv_bytes``.
 _SPLIT_ARGS_BYTES = 64 * 1024
+#: Raw writes and ``readv`` need a POSIX file descriptor under the Connection (not Windows).
+_RAW_PIPE = hasattr(os, "readv") and sys.platform != "win32"
 #: Largest argument blob sent through the pipe instead of storage (see Capabilities.inline_limit).
 _PIPE_ARGS_LIMIT = 1 << 40
 
@@ -282,7 +290,7 @@ class LocalBackend(ComputeBackend):
         args = event.get("args")
         # A list: the parts of a blob whose big buffers are out of band (protocol.Pieces).
         size = 0 if args is None else sum(map(len, args)) if isinstance(args, list) else len(args)
-        if size >= _SPLIT_ARGS_BYTES:
+        if size >= _SPLIT_ARGS_BYTES and _RAW_PIPE:
             event = {k: v for k, v in event.items() if k != "args"}
         else:
             if isinstance(args, list):
