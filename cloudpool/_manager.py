@@ -170,6 +170,8 @@ class Manager(threading.Thread):
         # ... and the user's main script, imported there as __mp_main__ (``_mainscript``).
         self._main_ref: Optional[Dict[str, str]] = None
         self._garbage_at = time.monotonic()
+        # The blob ``_pickle_calls`` pickled a whole batch into, for ``_invoke``.
+        self._whole: Optional[bytes] = None
 
     # ------------------------------------------------------------------ user-thread API
     def add(self, calls: List[Call]) -> None:
@@ -377,26 +379,40 @@ class Manager(threading.Thread):
     def _pickle_calls(self, calls: List[Call]) -> List[Call]:
         """Fill ``call.pickled``; fail (and drop) calls whose arguments cannot be pickled."""
         fresh = [c for c in calls if c.pickled is None]
+        self._whole = None
+        # Through a pipe, big buffers (numpy arrays) go out of band, uncopied until the
+        # pipe; through storage they would be joined into one blob anyway.
+        oob = self.caps.inline_limit is not None
         if len(fresh) == 1:
             # A lone call is pickled straight to bytes: no staging buffer to copy from.
-            fresh[0].pickled = self._pickle_one(fresh[0])
+            fresh[0].pickled = self._pickle_one(fresh[0], oob)
             fresh[0].payload = None
         elif fresh:
             try:
-                blob, offsets = protocol.dumps_each([c.payload for c in fresh])
-                view = memoryview(blob)
-                for i, c in enumerate(fresh):
-                    c.pickled = view[offsets[i]:offsets[i + 1]]
+                if oob:
+                    pickled, blob, offsets = protocol.dumps_each_oob([c.payload for c in fresh])
+                    for c, p in zip(fresh, pickled):
+                        c.pickled = p
+                else:
+                    blob, offsets = protocol.dumps_each([c.payload for c in fresh])
+                    view = memoryview(blob)
+                    for i, c in enumerate(fresh):
+                        c.pickled = view[offsets[i]:offsets[i + 1]]
+                if len(fresh) == len(calls) and not any(isinstance(c.pickled, protocol.Pieces) for c in fresh):
+                    self._whole = blob  # already the batch's blob, in order: no join needed
             except BaseException:  # noqa: BLE001 - find the culprit(s) one by one
                 for c in fresh:
-                    c.pickled = self._pickle_one(c)
+                    c.pickled = self._pickle_one(c, False)
             for c in fresh:
                 c.payload = None  # the pickled form is all we keep
         return [c for c in calls if c.pickled is not None]
 
     @staticmethod
-    def _pickle_one(call: Call) -> Optional[bytes]:
+    def _pickle_one(call: Call, oob: bool) -> Any:
         try:
+            if oob:
+                pickled, blob, _offsets = protocol.dumps_each_oob([call.payload])
+                return pickled[0] if isinstance(pickled[0], protocol.Pieces) else blob
             return protocol.dumps(call.payload)
         except BaseException as exc:  # noqa: BLE001 - that call's error
             if hasattr(exc, "add_note"):
@@ -422,14 +438,23 @@ class Manager(threading.Thread):
         calls = self._pickle_calls(calls)
         if not calls:
             return
+        whole, self._whole = self._whole, None
         offsets = [0]
         for c in calls:
             offsets.append(offsets[-1] + len(c.pickled))
+        total = offsets[-1]
+        piped = total > self.config["inline_limit"] and total <= (self.caps.inline_limit or 0)
+        if any(isinstance(c.pickled, protocol.Pieces) for c in calls):
+            # Big buffers out of band: a pipe takes the parts as they are.
+            parts = [p for c in calls for p in protocol.parts_of(c.pickled)]
+            blob = parts if piped else b"".join(parts)
         # One call (the common case for big arguments): no copy into a joined buffer.
-        if len(calls) == 1:
+        elif len(calls) == 1:
             blob = calls[0].pickled
             if isinstance(blob, memoryview):
                 blob = bytes(blob)  # a retried call sliced from an earlier batch's buffer
+        elif whole is not None:
+            blob = whole
         else:
             blob = b"".join(c.pickled for c in calls)
         number = job.next_batch
@@ -437,12 +462,14 @@ class Manager(threading.Thread):
         batch = Batch(job, number, calls, blob, offsets)
         event = dict(self.event_base)
         event.update(job=job.id, batch=number, offsets=offsets, init=self.has_initializer,
-                     fn_sum=job.fn_sum, args_sum=protocol.checksum(blob))
+                     fn_sum=job.fn_sum)
+        if not piped:
+            event["args_sum"] = protocol.checksum(blob)
         if self._modules_ref is not None:
             event["modules"] = self._modules_ref
         if self._main_ref is not None:
             event["main"] = self._main_ref
-        if len(blob) <= self.config["inline_limit"]:
+        if piped or total <= self.config["inline_limit"]:
             event["args"] = blob
         else:
             key = self.keys.args(job.id, number)

@@ -174,12 +174,12 @@ def _section_kind(section: str) -> Tuple[str, Optional[frozenset]]:
 
     if section in _EXTRA_SECTIONS:
         extra = _EXTRA_SECTIONS[section]
-        if section in storages.names():  # 'redis' is a storage too: both sets of options
+        if section in storages:  # 'redis' is a storage too: both sets of options
             declared = storages.declared(section)
             extra = extra | (declared.options if declared is not None else frozenset())
         return f"the {section!r} section", extra
 
-    if section in backends.names():
+    if section in backends:
         declared = backends.declared(section)
         return f"the {section!r} backend", None if declared is None else declared.options
     declared = storages.declared(section)

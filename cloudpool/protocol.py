@@ -30,6 +30,7 @@ import io
 import zlib
 import json
 import pickle
+import struct
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -165,8 +166,105 @@ def dumps_each(items: Sequence[Any]) -> Tuple[bytes, List[int]]:
 
 
 def load_at(blob: Any, offsets: Sequence[int], index: int) -> Any:
+    view = memoryview(blob)[offsets[index]:offsets[index + 1]]
+    if view[:4] == OOB_MAGIC:
+        return _load_oob(view)
+    return pickle.loads(view)
+
+
+# ---------------------------------------------------------------------------- out-of-band buffers
+#: A call's frame that starts with this holds a pickle whose big buffers (numpy arrays,
+#: bytearrays, ``PickleBuffer``s) follow it out of band (pickle protocol 5): the client
+#: sends them straight from the caller's memory, and the worker's arrays are views of
+#: the received blob, not copies. A plain pickle starts with ``\x80``, never with this.
+#: Layout: magic, u32 buffer count n, u64 lengths of the pickle and of the n buffers,
+#: the pickle, the buffers.
+OOB_MAGIC = b"CPB5"
+#: Smaller buffers stay in band: a part per small buffer would cost more than the copy.
+OOB_MIN_BYTES = 64 * 1024
+
+
+class Pieces:
+    """One pickled call as a list of parts (header, pickle, buffers); ``len`` is its size."""
+
+    __slots__ = ("parts", "nbytes")
+
+    def __init__(self, stream: Any, buffers: List[memoryview]) -> None:
+        header = OOB_MAGIC + struct.pack(f"<I{len(buffers) + 1}Q", len(buffers), len(stream),
+                                         *(b.nbytes for b in buffers))
+        self.parts: List[Any] = [header, stream, *buffers]
+        self.nbytes = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def parts_of(pickled: Any) -> List[Any]:
+    """The byte strings whose concatenation is one call's frame."""
+    return pickled.parts if isinstance(pickled, Pieces) else [pickled]
+
+
+def _keep_small_in_band(buffer: pickle.PickleBuffer) -> bool:
+    try:
+        raw = buffer.raw()
+    except BufferError:  # not contiguous: pickled in band
+        return True
+    return raw.nbytes < OOB_MIN_BYTES
+
+
+def dumps_each_oob(items: Sequence[Any]) -> Tuple[List[Any], bytes, List[int]]:
+    """Like ``dumps_each``, with big buffers out of band.
+
+    Returns one entry per item (a memoryview slice of the shared pickle buffer, or a
+    ``Pieces`` when the item has out-of-band buffers), the shared buffer, and offsets into
+    it (which are the batch's offsets only when no item is a ``Pieces``).
+    """
+    buf = io.BytesIO()
+    big: List[memoryview] = []
+
+    def callback(buffer: pickle.PickleBuffer) -> bool:
+        if _keep_small_in_band(buffer):
+            return True
+        big.append(buffer.raw())
+        return False
+
+    pickler = Pickler(buf, protocol=PICKLE_PROTOCOL, buffer_callback=callback)
+    offsets = [0]
+    owned: List[List[memoryview]] = []
+    for item in items:
+        try:
+            pickler.dump(item)
+        finally:
+            pickler.clear_memo()
+        offsets.append(buf.tell())
+        owned.append(list(big))
+        big.clear()
+    blob = buf.getvalue()
     view = memoryview(blob)
-    return pickle.loads(view[offsets[index]:offsets[index + 1]])
+    out: List[Any] = []
+    for i, buffers in enumerate(owned):
+        stream = view[offsets[i]:offsets[i + 1]]
+        out.append(Pieces(stream, buffers) if buffers else stream)
+    return out, blob, offsets
+
+
+def _load_oob(view: memoryview) -> Any:
+    (count,) = struct.unpack_from("<I", view, 4)
+    lengths = struct.unpack_from(f"<{count + 1}Q", view, 8)
+    pos = 8 + 8 * (count + 1)
+    stream = view[pos:pos + lengths[0]]
+    pos += lengths[0]
+    buffers = []
+    for n in lengths[1:]:
+        part = view[pos:pos + n]
+        # Arrays must be writable, as they are with the stdlib: views of a writable
+        # blob (the local pipe's) are; a read-only blob (from storage) is copied.
+        buffers.append(part if not part.readonly else bytearray(part))
+        pos += n
+    return pickle.loads(stream, buffers=buffers)
 
 
 def dumps(obj: Any) -> bytes:

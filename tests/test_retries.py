@@ -265,7 +265,8 @@ class ChecksumTest(TempDirMixin, unittest.TestCase):
     def test_corrupt_arguments_are_refused_by_the_worker(self):
         # Big arguments travel through storage; the worker checks them before unpickling.
         FaultyStorage.arm("corrupt", "/args/", 100)
-        with CloudPoolExecutor(1, storage=self.url, retry=0) as ex:
+        # pipe_args=False: by default the local backend's pipe carries big arguments.
+        with CloudPoolExecutor(1, storage=self.url, retry=0, pipe_args=False) as ex:
             with self.assertRaises(IntegrityError) as cm:
                 ex.submit(len, b"x" * 200_000).result(BOUND)
         self.assertIn("the arguments", str(cm.exception))

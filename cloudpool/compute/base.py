@@ -42,6 +42,10 @@ class Capabilities:
     #: Workers run on other machines, without this machine's files or ``sys.path``:
     #: the client ships modules that are not installed (the user's own code) by value.
     remote: bool = False
+    #: Arguments up to this many bytes travel inside the event whatever the
+    #: ``inline_limit`` setting, unchecksummed: the event goes through a local pipe, where
+    #: storing them would only add a write, a read and two checksums (None: the setting).
+    inline_limit: Optional[int] = None
 
 
 @dataclass

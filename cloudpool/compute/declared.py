@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..registry import Declared
 
-LOCAL = Declared(frozenset({"start_method", "mp_context", "max_tasks_per_child", "notices"}))
+LOCAL = Declared(frozenset({"start_method", "mp_context", "max_tasks_per_child", "notices",
+                              "pipe_args"}))
 
 KNATIVE = Declared(frozenset({"url", "urls", "token", "concurrency", "request_timeout",
                               "retry_seconds", "notices"}))

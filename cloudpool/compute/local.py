@@ -10,6 +10,12 @@ worker dies, the reader knows which invocation it held and -- from a shared-memo
 slot the worker updates before each call -- which call was running, so exactly that
 call fails and the rest of its batch can run again elsewhere.
 
+Big arguments do not go through storage here: the backend declares
+``Capabilities.inline_limit``, so the manager hands them over inside the event, with
+numpy arrays pickled out of band (``protocol.Pieces``), and they follow the pickled
+event on the pipe as raw bytes, written from the caller's memory and read into one
+buffer the worker's arrays are views of (``pipe_args=False``: through storage instead).
+
 Workers are started on demand (a cold start forks one process, not ``max_workers``)
 with the ``fork`` start method on Linux, like the 3.11 stdlib, or any start method
 given as ``start_method``/``mp_context``.
@@ -61,6 +67,15 @@ SHARE_ENV = "_CLOUDPOOL_LOCAL_SHARE"
 _THREADS_DEPTH = 2
 #: At most this many threads for one executor nested that deep.
 _MAX_THREADS = 32
+#: Argument blobs at least this big follow their event as raw bytes on the pipe (the
+#: event says how many), written straight from the manager's buffer and read straight
+#: into one buffer of the right size: no copy into the pickled event, and none of the
+#: chunk-by-chunk reassembly of ``Connection.recv_bytes``.
+_SPLIT_ARGS_BYTES = 64 * 1024
+#: Raw writes and ``readv`` need a POSIX file descriptor under the Connection (not Windows).
+_RAW_PIPE = hasattr(os, "readv") and sys.platform != "win32"
+#: Largest argument blob sent through the pipe instead of storage (see Capabilities.inline_limit).
+_PIPE_ARGS_LIMIT = 1 << 40
 
 
 def _env_int(name: str, default: int) -> int:
@@ -134,7 +149,12 @@ def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
             return
         if message is None:
             return
-        inv, event = message
+        inv, event, args_follow = message
+        if args_follow:
+            try:
+                event["args"] = _recv_raw(conn, args_follow)
+            except (EOFError, OSError):
+                return
         hooks.inv = inv
         slot[0] = -1
         try:
@@ -148,6 +168,28 @@ def _worker_main(conn, slot, sys_path: List[str], max_tasks: Optional[int],
         conn.send(("done", inv, retiring))
         if retiring:
             return  # the backend starts a fresh process when it needs one
+
+
+def _send_raw(conn, data: Any) -> None:
+    """Write ``data`` as is after a message; the worker knows its length from the event."""
+    fd = conn.fileno()
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _recv_raw(conn, size: int) -> bytearray:
+    """Read the ``size`` raw bytes ``_send_raw`` wrote, into one buffer."""
+    fd = conn.fileno()
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError("the client closed the pipe in the middle of an argument blob")
+        got += n
+    return buf
 
 
 class _Worker:
@@ -204,10 +246,14 @@ class LocalBackend(ComputeBackend):
         # notices=False drops the segment notices so only status polling remains: the
         # tests use it to show that the fast path is an optimisation, not a dependency.
         self._notices = bool(self.options.get("notices", True))
+        # pipe_args=False sends big arguments through storage, as remote backends do (tests
+        # of that path use it); by default the pipe carries them, which copies less.
+        self._pipe_args = bool(self.options.get("pipe_args", True))
         self._lock = threading.Lock()
         self._workers: List[_Worker] = []
-        # (invocation id, the pickled (inv, event) message for the worker's pipe)
-        self._queue: Deque[Tuple[str, bytes]] = collections.deque()
+        # (invocation id, (the pickled (inv, event, args follow) message for the worker's
+        # pipe, the big argument blob sent after it or None))
+        self._queue: Deque[Tuple[str, Tuple[bytes, Any]]] = collections.deque()
         self._where: Dict[str, _Worker] = {}
         self._reader: Optional[threading.Thread] = None
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
@@ -225,6 +271,7 @@ class LocalBackend(ComputeBackend):
             batch_target_seconds=0.02,
             # One call per invocation, so no batch runs past a worker's allowance.
             max_batch_calls=1 if self._max_tasks is not None else None,
+            inline_limit=_PIPE_ARGS_LIMIT if self._pipe_args else None,
         )
 
     def describe(self) -> Dict[str, Any]:
@@ -240,7 +287,16 @@ class LocalBackend(ComputeBackend):
     def invoke(self, inv: str, event: Dict[str, Any]) -> None:
         # Pickled here, in the caller's thread and outside the lock: an event that cannot
         # be pickled fails this invoke() alone, never the reader thread's later dispatch.
-        message = ForkingPickler.dumps((inv, event))
+        args = event.get("args")
+        # A list: the parts of a blob whose big buffers are out of band (protocol.Pieces).
+        size = 0 if args is None else sum(map(len, args)) if isinstance(args, list) else len(args)
+        if size >= _SPLIT_ARGS_BYTES and _RAW_PIPE:
+            event = {k: v for k, v in event.items() if k != "args"}
+        else:
+            if isinstance(args, list):
+                event = dict(event, args=b"".join(args))
+            args = None
+        message = (ForkingPickler.dumps((inv, event, 0 if args is None else size)), args)
         with self._lock:
             if self._closing:
                 raise RuntimeError("the local backend is shut down")
@@ -323,7 +379,10 @@ class LocalBackend(ComputeBackend):
             idle.inv = inv
             self._where[inv] = idle
             try:
-                idle.conn.send_bytes(message)
+                idle.conn.send_bytes(message[0])
+                if message[1] is not None:
+                    for part in message[1] if isinstance(message[1], list) else [message[1]]:
+                        _send_raw(idle.conn, part)
             except (OSError, ValueError):
                 # Died before we could hand it over; its sentinel will fire. Re-queue.
                 idle.inv = None
@@ -331,10 +390,13 @@ class LocalBackend(ComputeBackend):
                 idle.kill_reason = "dead"
                 self._queue.appendleft((inv, message))
 
-    def _run_in_thread(self, inv: str, message: bytes) -> None:
+    def _run_in_thread(self, inv: str, message: Tuple[bytes, Any]) -> None:
         """Run one invocation in this process (nested beyond ``_THREADS_DEPTH``)."""
         try:
-            _inv, event = pickle.loads(message)
+            _inv, event, args_follow = pickle.loads(message[0])
+            if args_follow:
+                args = message[1]
+                event["args"] = b"".join(args) if isinstance(args, list) else args
             worker_module.handle(event, _ThreadHooks(self))
         except BaseException as exc:  # noqa: BLE001 - e.g. storage unreachable: the invocation is lost
             self._notify(InvocationLost(inv, "the call could not run:\n" + "".join(traceback.format_exception(exc)),
