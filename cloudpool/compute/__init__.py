@@ -13,3 +13,4 @@ backends.register("aws_lambda", "cloudpool.compute.aws_lambda:LambdaBackend", "a
 backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend", "k8s",
                   declared=_D + "KUBERNETES")
 backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http", declared=_D + "KNATIVE")
+backends.register("aws_batch", "cloudpool.compute.aws_batch:AwsBatchBackend", "aws", declared=_D + "AWS_BATCH")

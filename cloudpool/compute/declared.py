@@ -25,3 +25,9 @@ KUBERNETES = Declared(frozenset({
     "backoff_limit_per_index", "collect_window", "status_interval", "pod_start_timeout",
     "api_timeout",
 }))
+
+AWS_BATCH = Declared(frozenset({
+    "job_definition", "runtime", "job_queue", "compute_environment", "region", "endpoint_url", "image",
+    "memory_mb", "vcpus", "timeout", "max_vcpus", "job_role", "service_role", "execution_role", "subnets",
+    "security_groups", "retry_seconds", "collect_window", "status_interval", "array_jobs",
+}))
