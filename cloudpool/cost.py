@@ -117,6 +117,17 @@ PRICES: Dict[str, PriceSheet] = {
 
 #: The platform each backend bills on, when cloudpool knows it from the backend alone.
 _BACKEND_PLATFORM = {"aws_lambda": "aws_lambda"}
+# AWS Batch adds no charge of its own; on Fargate a job pays Fargate's Linux/x86 rates,
+# us-east-1: $0.04048 per vCPU-hour and $0.004445 per GB-hour, billed per second with a
+# one-minute minimum (aws.amazon.com/fargate/pricing; figures as quoted by
+# vantage.sh/blog/fargate-pricing and wring.co's 2026-03-10 guide, read 2026-12-04).
+# Each batch is one job (array child), so a batch is one billed "invocation" here.
+PRICES["aws_batch_fargate"] = PriceSheet(
+    "aws_batch_fargate", per_gb_second=0.004445 / 3600, per_vcpu_second=0.04048 / 3600, per_request=0.0,
+    granularity_ms=1000, minimum_ms=60_000,
+    source="AWS Fargate (what AWS Batch on Fargate bills), Linux/x86, us-east-1 (aws.amazon.com/fargate/pricing, "
+           "read 2026-12-04)")
+_BACKEND_PLATFORM["aws_batch"] = "aws_batch_fargate"
 #: Backends whose calls run on this machine: nothing to pay a platform for.
 _FREE_BACKENDS = {"local"}
 

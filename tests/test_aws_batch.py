@@ -31,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 from unittest import mock
@@ -56,6 +57,23 @@ def make(options=None, **kw) -> AwsBatchBackend:
     opts.update(options or {})
     return AwsBatchBackend(opts, max_workers=kw.pop("max_workers", 2), storage_url=kw.pop("storage_url", ""),
                            storage_options={})
+
+
+def hello(options, storage: str, moto):
+    """``cloudpool hello --backend aws_batch`` with the options in a config file; (code, out, err)."""
+    from cloudpool.storage import clear_cache
+    from tests.test_cli import run
+
+    conf = {"aws_batch": options, "s3": {"endpoint_url": moto.endpoint_url, "region": REGION}}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        json.dump(conf, f)  # JSON is YAML
+    try:
+        with mock.patch.dict(os.environ, {"CLOUDPOOL_CONFIG": f.name}):
+            clear_cache()
+            return run("hello", "--backend", "aws_batch", "--storage", storage, "--json", "--timeout", "240")
+    finally:
+        clear_cache()
+        os.unlink(f.name)
 
 
 class BatchOptionsTest(unittest.TestCase):
@@ -109,6 +127,17 @@ class BatchOptionsTest(unittest.TestCase):
         self.assertFalse(os.path.isdir(os.path.join(site, "cloudpool", "_runtime")))
         self.assertIn("numpy", meta["command"])
         self.assertEqual(meta["versions"], protocol.versions())
+
+
+class BatchCostTest(unittest.TestCase):
+    def test_each_batch_is_a_fargate_job_billed_at_least_a_minute(self):
+        from tests.test_cost import three_invocations
+        est = three_invocations(backend="aws_batch", memory_mb=2048).cost(vcpus=1)
+        # 501 ms, 1200 ms and 0.1 ms: each under Fargate's one-minute minimum -> 3 x 60 s.
+        self.assertAlmostEqual(est.billed_seconds, 180.0, places=9)
+        self.assertAlmostEqual(est.compute_usd, 180 * (0.04048 + 2 * 0.004445) / 3600, places=12)
+        self.assertEqual(est.request_usd, 0.0)
+        self.assertIn("fargate", est.source.lower())
 
 
 class _MotoCase(unittest.TestCase):
@@ -197,6 +226,12 @@ class BatchSubmitTest(_MotoCase):
             ex.submit(add, 1, 2).result(timeout=BOUND)
         self.assertIn("cloudpool runtime deploy --backend aws_batch", str(ctx.exception))
         self.assertLess(time.monotonic() - t0, BOUND)
+
+    def test_hello_names_the_deploy_command_when_the_runtime_is_missing(self):
+        code, _out, err = hello(self.options(), f"s3://{self.bucket}/hello", self.moto)
+        self.assertEqual(code, 1)
+        self.assertIn("cloudpool runtime deploy --backend aws_batch", err)
+        self.assertNotIn("Traceback", err)
 
     def test_other_versions_are_refused_before_submitting(self):
         opts = self.options()
@@ -336,3 +371,12 @@ class BatchContainerTest(unittest.TestCase):
         with self.assertRaises(KeyError) as ctx:
             ex.submit(raise_key_error, "k").result(timeout=300)
         self.assertIsInstance(ctx.exception.__cause__, RemoteTraceback)
+
+    def test_cloudpool_hello_runs_a_call_in_a_batch_container(self):
+        code, out, err = hello(dict(self.options), f"s3://{self.bucket}/{unique('hello')}", self.moto)
+        self.assertEqual(code, 0, err)
+        report = json.loads(out)
+        self.assertEqual(report["backend"], "aws_batch")
+        self.assertNotEqual(report["worker"]["pid"], os.getpid())
+        self.assertEqual(report["description"]["job_definition"], self.options["job_definition"])
+        self.assertEqual(report["description"]["runtime"]["versions"], protocol.versions())
