@@ -128,6 +128,7 @@ PRICES["aws_batch_fargate"] = PriceSheet(
     source="AWS Fargate (what AWS Batch on Fargate bills), Linux/x86, us-east-1 (aws.amazon.com/fargate/pricing, "
            "read 2026-12-04)")
 _BACKEND_PLATFORM["aws_batch"] = "aws_batch_fargate"
+_BACKEND_PLATFORM["azure_functions"] = "azure_functions"
 #: Backends whose calls run on this machine: nothing to pay a platform for.
 _FREE_BACKENDS = {"local"}
 

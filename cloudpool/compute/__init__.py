@@ -14,3 +14,5 @@ backends.register("kubernetes", "cloudpool.compute.kubernetes:KubernetesBackend"
                   declared=_D + "KUBERNETES")
 backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http", declared=_D + "KNATIVE")
 backends.register("aws_batch", "cloudpool.compute.aws_batch:AwsBatchBackend", "aws", declared=_D + "AWS_BATCH")
+backends.register("azure_functions", "cloudpool.compute.azure_functions:AzureFunctionsBackend", "azure",
+                  declared=_D + "AZURE_FUNCTIONS")

@@ -31,3 +31,8 @@ AWS_BATCH = Declared(frozenset({
     "memory_mb", "vcpus", "timeout", "max_vcpus", "job_role", "service_role", "execution_role", "subnets",
     "security_groups", "retry_seconds", "collect_window", "status_interval", "array_jobs",
 }))
+
+AZURE_FUNCTIONS = Declared(frozenset({
+    "app_name", "runtime", "url", "scm_url", "management_url", "auth", "function_key", "entra_scope",
+    "credential", "timeout", "memory_mb", "concurrency", "retry_seconds", "subscription_id", "resource_group",
+}))
