@@ -16,3 +16,4 @@ backends.register("knative", "cloudpool.compute.knative:KnativeBackend", "http",
 backends.register("aws_batch", "cloudpool.compute.aws_batch:AwsBatchBackend", "aws", declared=_D + "AWS_BATCH")
 backends.register("azure_functions", "cloudpool.compute.azure_functions:AzureFunctionsBackend", "azure",
                   declared=_D + "AZURE_FUNCTIONS")
+backends.register("aliyun_fc", "cloudpool.compute.aliyun_fc:AliyunFcBackend", "aliyun", declared=_D + "ALIYUN_FC")
