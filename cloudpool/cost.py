@@ -129,6 +129,17 @@ PRICES["aws_batch_fargate"] = PriceSheet(
            "read 2026-12-04)")
 _BACKEND_PLATFORM["aws_batch"] = "aws_batch_fargate"
 _BACKEND_PLATFORM["azure_functions"] = "azure_functions"
+# Alibaba Function Compute 3.0 bills compute units (CU), tier 1 (first 100 million CU a
+# month) USD 0.000020 per CU, where 1 active vCPU-second = 1 CU, 1 GB-second of memory =
+# 0.15 CU and 10,000 invocations = 75 CU (alibabacloud.com/help/en/functioncompute/fc-3-0/
+# product-overview/pay-as-you-go-billing-method-1, updated 2024-08-27; the 20% discount
+# ended 2025-08-27). The page states no rounding of durations: 1 ms is assumed.
+PRICES["aliyun_fc"] = PriceSheet(
+    "aliyun_fc", per_gb_second=0.15 * 0.000020, per_vcpu_second=0.000020, per_request=75 / 10_000 * 0.000020,
+    granularity_ms=1,
+    source="Alibaba Function Compute 3.0 pay-as-you-go, CU tier 1 (alibabacloud.com/help/en/functioncompute/"
+           "fc-3-0/product-overview/pay-as-you-go-billing-method-1, updated 2024-08-27, read 2026-12-04)")
+_BACKEND_PLATFORM["aliyun_fc"] = "aliyun_fc"
 #: Backends whose calls run on this machine: nothing to pay a platform for.
 _FREE_BACKENDS = {"local"}
 

@@ -169,6 +169,13 @@ class FcOptionsTest(unittest.TestCase):
             self.refused({"access_key_id": None, "access_key_secret": None}, "ALIBABA_CLOUD_ACCESS_KEY_ID",
                          exc=PermissionError)
 
+    def test_cost_is_priced_in_compute_units(self):
+        from tests.test_cost import three_invocations
+        est = three_invocations(backend="aliyun_fc", memory_mb=1024).cost(vcpus=0.5)
+        # 501 + 1200 + 1 ms = 1.702 s; 0.5 vCPU = 1 CU/vCPU-s; 1 GB = 0.15 CU/GB-s; 3 calls x 0.0075 CU.
+        self.assertAlmostEqual(est.compute_usd, 1.702 * (0.5 + 0.15) * 0.000020, places=15)
+        self.assertAlmostEqual(est.request_usd, 3 * 0.0075 * 0.000020, places=15)
+
     def test_handler_answers_metadata_with_fc_event_shape(self):
         out = json.loads(INDEX.handler(b'{"cloudpool": "metadata"}', fc_context("x")))
         self.assertEqual(out["versions"], protocol.versions())
