@@ -59,8 +59,8 @@ def make(options=None, **kw) -> AwsBatchBackend:
                            storage_options={})
 
 
-def hello(options, storage: str, moto):
-    """``cloudpool hello --backend aws_batch`` with the options in a config file; (code, out, err)."""
+def cli(options, moto, *argv: str):
+    """The ``cloudpool`` command with the aws_batch options in a config file; (code, out, err)."""
     from cloudpool.storage import clear_cache
     from tests.test_cli import run
 
@@ -70,10 +70,15 @@ def hello(options, storage: str, moto):
     try:
         with mock.patch.dict(os.environ, {"CLOUDPOOL_CONFIG": f.name}):
             clear_cache()
-            return run("hello", "--backend", "aws_batch", "--storage", storage, "--json", "--timeout", "240")
+            return run(*argv)
     finally:
         clear_cache()
         os.unlink(f.name)
+
+
+def hello(options, storage: str, moto):
+    """``cloudpool hello --backend aws_batch``; (code, out, err)."""
+    return cli(options, moto, "hello", "--backend", "aws_batch", "--storage", storage, "--json", "--timeout", "240")
 
 
 class BatchOptionsTest(unittest.TestCase):
@@ -193,6 +198,22 @@ class BatchRuntimeApiTest(_MotoCase):
         with self.assertRaises(FileNotFoundError) as ctx:
             backend.delete_runtime(opts["job_definition"])
         self.assertIn("runtime list --backend aws_batch", str(ctx.exception))
+
+    def test_runtime_commands_through_the_cli(self):
+        opts = self.options()
+        name = opts["job_definition"]
+        code, out, err = cli(opts, self.moto, "runtime", "deploy", name, "--backend", "aws_batch", "--memory", "1024",
+                             "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["memory_mb"], 1024)
+        code, out, err = cli(opts, self.moto, "runtime", "list", "--backend", "aws_batch", "--json")
+        self.assertEqual(code, 0, err)
+        self.assertIn(name, [r["name"] for r in json.loads(out)])
+        code, out, err = cli(opts, self.moto, "runtime", "delete", name, "--backend", "aws_batch")
+        self.assertEqual(code, 0, err)
+        code, _out, err = cli(opts, self.moto, "runtime", "delete", name, "--backend", "aws_batch")
+        self.assertEqual(code, 1)
+        self.assertIn("does not exist", err)
 
     def test_list_and_delete_leave_other_job_definitions_alone(self):
         other = unique("theirs")
