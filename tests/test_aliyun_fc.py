@@ -155,6 +155,7 @@ class FcOptionsTest(unittest.TestCase):
 
     def test_registered(self):
         self.assertIs(backends.get("aliyun_fc"), AliyunFcBackend)
+        self.assertEqual(AliyunFcBackend.secret_option_names, {"access_key_secret", "security_token"})
 
     def test_bad_options(self):
         self.refused({"memory_mb": 100}, "memory_mb", "128")

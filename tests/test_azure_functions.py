@@ -180,6 +180,8 @@ class AzureOptionsTest(unittest.TestCase):
 
     def test_registered(self):
         self.assertIs(backends.get("azure_functions"), AzureFunctionsBackend)
+        self.assertEqual(AzureFunctionsBackend.secret_option_names, {"function_key", "credential"})
+        self.assertNotIn(KEY, json.dumps(make().describe()))
 
     def test_bad_options_name_the_setting_and_the_fix(self):
         self.assertRefused({"function_key": KEY}, "app_name")

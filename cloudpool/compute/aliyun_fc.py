@@ -84,6 +84,7 @@ class AliyunFcBackend(ComputeBackend):
 
     name = "aliyun_fc"
     option_names = declared.ALIYUN_FC.options
+    secret_option_names = declared.ALIYUN_FC.secrets
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],

@@ -110,6 +110,7 @@ class AzureFunctionsBackend(ComputeBackend):
 
     name = "azure_functions"
     option_names = declared.AZURE_FUNCTIONS.options
+    secret_option_names = declared.AZURE_FUNCTIONS.secrets
     manages_runtimes = True
 
     def __init__(self, options: Dict[str, Any], *, max_workers: Optional[int],

@@ -35,10 +35,10 @@ AWS_BATCH = Declared(frozenset({
 AZURE_FUNCTIONS = Declared(frozenset({
     "app_name", "runtime", "url", "scm_url", "management_url", "auth", "function_key", "entra_scope",
     "credential", "timeout", "memory_mb", "concurrency", "retry_seconds", "subscription_id", "resource_group",
-}))
+}), secrets=frozenset({"function_key", "credential"}))
 
 ALIYUN_FC = Declared(frozenset({
     "function_name", "runtime", "region", "account_id", "endpoint", "protocol", "memory_mb", "timeout",
     "concurrency", "retry_seconds", "role", "runtime_version", "access_key_id", "access_key_secret",
     "security_token",
-}))
+}), secrets=frozenset({"access_key_secret", "security_token"}))
