@@ -63,6 +63,7 @@ class FcApi:
         self.functions: Dict[str, Dict[str, Any]] = {}
         self.requests: List[Any] = []
         self.throttle = 0
+        self.metadata_override: Dict[str, str] = {}
         self.lock = threading.Lock()
         api = self
 
@@ -110,6 +111,18 @@ class FcApi:
                     del api.functions[name]
                     return self.answer(204)
                 if self.command == "POST" and path == f"{prefix}/{name}/invocations":
+                    if headers.get("x-fc-invocation-type", "Sync") == "Sync":
+                        # Synchronous: FC answers the handler's return value as the body.
+                        out = INDEX.handler(body, fc_context(name)).encode()
+                        if api.metadata_override:
+                            meta = json.loads(out)
+                            meta["versions"].update(api.metadata_override)
+                            out = json.dumps(meta).encode()
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(out)))
+                        self.end_headers()
+                        self.wfile.write(out)
+                        return
                     if headers.get("x-fc-invocation-type") != "Async":
                         return self.answer(400, code="InvalidArgument")
                     with api.lock:
@@ -222,7 +235,8 @@ class FcRunTest(unittest.TestCase):
         with self.assertRaises(KeyError) as ctx:
             ex.submit(raise_key_error, "k").result(timeout=BOUND)
         self.assertIsInstance(ctx.exception.__cause__, RemoteTraceback)
-        invokes = [r for r in self.api.requests if r[1].endswith("/invocations")]
+        invokes = [r for r in self.api.requests if r[1].endswith("/invocations")
+                   and r[2].get("x-fc-invocation-type") != "Sync" and b"metadata" not in r[3][:40]]
         self.assertTrue(invokes)
         for method, path, headers, body in self.api.requests:
             self.assertNotIn(KEY_SECRET.encode(), body)
@@ -233,7 +247,7 @@ class FcRunTest(unittest.TestCase):
         backend = AliyunFcBackend(dict(opts), max_workers=1, storage_url="", storage_options={})
         self.assertEqual([r["name"] for r in backend.list_runtimes()], [opts["function_name"]])
         backend.deploy_runtime(memory_mb=1024)
-        self.assertEqual(self.api.requests[-1][0], "PUT")
+        self.assertEqual([r[0] for r in self.api.requests[-3:]], ["PUT", "POST", "PUT"])  # update, ask, record
         self.assertEqual(self.api.functions[opts["function_name"]]["memorySize"], 1024)
         backend.delete_runtime(opts["function_name"])
         self.assertEqual(backend.list_runtimes(), [])
@@ -249,13 +263,16 @@ class FcRunTest(unittest.TestCase):
     def test_other_versions_refused(self):
         opts = options(self.api)
         AliyunFcBackend(dict(opts), max_workers=1, storage_url="", storage_options={}).deploy_runtime()
-        fn = self.api.functions[opts["function_name"]]
-        meta = json.loads(fn["environmentVariables"]["CLOUDPOOL_RUNTIME"])
-        meta["versions"]["cloudpickle"] = "0.0.1"
-        fn["environmentVariables"]["CLOUDPOOL_RUNTIME"] = json.dumps(meta)
-        with self.assertRaises(VersionMismatchError):
+        # The function answers other versions than this client's (as an old deployment would).
+        self.api.metadata_override = {"cloudpickle": "0.0.1"}
+        AliyunFcBackend(dict(opts), max_workers=1, storage_url="", storage_options={}).deploy_runtime()
+        recorded = json.loads(self.api.functions[opts["function_name"]]["environmentVariables"]["CLOUDPOOL_RUNTIME"])
+        self.assertEqual(recorded["versions"]["cloudpickle"], "0.0.1")  # what the function said, not ours
+        sent = len([r for r in self.api.requests if r[1].endswith("/invocations")])
+        with self.assertRaises(VersionMismatchError) as ctx:
             self.executor(opts).submit(square, 2).result(timeout=BOUND)
-        self.assertFalse([r for r in self.api.requests if r[1].endswith("/invocations")])
+        self.assertIn("0.0.1", str(ctx.exception))
+        self.assertEqual(len([r for r in self.api.requests if r[1].endswith("/invocations")]), sent)
 
     def test_throttling_backed_off_then_bounded(self):
         opts = options(self.api)

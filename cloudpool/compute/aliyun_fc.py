@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -42,6 +43,8 @@ from . import declared
 from .aws_lambda import _add_file, _add_tree
 from .base import Capabilities, ComputeBackend, InvocationLost, SegmentDone
 from ._runtime_files import PACKAGE_DIR, RUNTIME_DATA_DIR, runtime_file
+
+LOGGER = logging.getLogger("cloudpool")
 
 MEMORY_MIN_MB, MEMORY_MAX_MB = 128, 32768
 TIMEOUT_MIN_S, TIMEOUT_MAX_S = 1, 86400
@@ -301,6 +304,7 @@ class AliyunFcBackend(ComputeBackend):
                       MEMORY_MAX_MB, "MB")
         fn_timeout = _int("timeout", int(timeout) if timeout is not None else self.timeout, TIMEOUT_MIN_S,
                           TIMEOUT_MAX_S, "seconds")
+        # Provisional until the function answers for itself below.
         meta = {"protocol": protocol.PROTOCOL_VERSION, "versions": protocol.versions()}
         code = models.InputCodeLocation(zip_file=base64.b64encode(build_zip()).decode())
         env = {ENV_META: json.dumps(meta)}
@@ -321,11 +325,43 @@ class AliyunFcBackend(ComputeBackend):
                     function_name=name, code=code, memory_size=memory, timeout=fn_timeout,
                     environment_variables=env, handler="index.handler", runtime=self.runtime_version,
                     role=self.role, description="cloudpool runtime")))
+            # Ask the deployed function itself (one synchronous call) and record what it
+            # answered, so the check before each executor's first call compares the
+            # function's own Python and packages, not this client's.
+            previous, self.function_name = self.function_name, name
+            try:
+                meta = self.invoke_metadata()
+            finally:
+                self.function_name = previous
+            self.client.update_function(name, models.UpdateFunctionRequest(body=models.UpdateFunctionInput(
+                environment_variables={ENV_META: json.dumps({k: meta.get(k) for k in ("protocol", "versions")})})))
         except (OSError, RuntimeError):
             raise
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own exception types
             raise self._error(exc, "deploy") from None
+        mismatch = protocol.version_mismatch(protocol.versions(), meta.get("versions") or {})
+        if mismatch:
+            LOGGER.warning("cloudpool: the deployed Function Compute runtime %r differs from this client: %s",
+                           name, mismatch)
         return dict(meta, name=name, memory_mb=memory, timeout=fn_timeout, region=self.region)
+
+    def invoke_metadata(self) -> Dict[str, Any]:
+        """One synchronous InvokeFunction of the metadata request; the function's own versions."""
+        from alibabacloud_fc20230330 import models
+
+        try:
+            resp = self.client.invoke_function(self.function_name, models.InvokeFunctionRequest(
+                body=io.BytesIO(json.dumps({"cloudpool": "metadata"}).encode())))
+            raw = resp.body.read() if hasattr(resp.body, "read") else resp.body
+        except Exception as exc:  # noqa: BLE001 - the SDK raises its own exception types
+            raise self._error(exc, "invoke") from None
+        try:
+            meta = json.loads(raw)
+            meta["versions"]["python"]
+        except (ValueError, KeyError, TypeError):
+            raise RuntimeError(f"the function {self.function_name!r} did not answer cloudpool runtime metadata "
+                               f"({raw[:300]!r}); is its handler index.handler?") from None
+        return meta
 
     def list_runtimes(self) -> List[Dict[str, Any]]:
         from alibabacloud_fc20230330 import models
