@@ -18,7 +18,7 @@ if os.path.isdir(os.path.join(HERE, "runtime")):
     packages.append("cloudpool._runtime")
     runtime_data = {
         "package_dir": {"cloudpool._runtime": "runtime"},
-        "package_data": {"cloudpool._runtime": ["README.md", "*/*.py", "*/Dockerfile", "*/*.txt", "*/*.md"]},
+        "package_data": {"cloudpool._runtime": ["README.md", "*/*.py", "*/Dockerfile", "*/*.txt", "*/*.md", "*/*.json"]},
     }
 
 setup(packages=packages, **runtime_data)

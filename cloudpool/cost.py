@@ -117,6 +117,29 @@ PRICES: Dict[str, PriceSheet] = {
 
 #: The platform each backend bills on, when cloudpool knows it from the backend alone.
 _BACKEND_PLATFORM = {"aws_lambda": "aws_lambda", "cloudrun": "cloud_run", "codeengine": "code_engine"}
+# AWS Batch adds no charge of its own; on Fargate a job pays Fargate's Linux/x86 rates,
+# us-east-1: $0.04048 per vCPU-hour and $0.004445 per GB-hour, billed per second with a
+# one-minute minimum (aws.amazon.com/fargate/pricing; figures as quoted by
+# vantage.sh/blog/fargate-pricing and wring.co's 2026-03-10 guide, read 2026-12-04).
+# Each batch is one job (array child), so a batch is one billed "invocation" here.
+PRICES["aws_batch_fargate"] = PriceSheet(
+    "aws_batch_fargate", per_gb_second=0.004445 / 3600, per_vcpu_second=0.04048 / 3600, per_request=0.0,
+    granularity_ms=1000, minimum_ms=60_000,
+    source="AWS Fargate (what AWS Batch on Fargate bills), Linux/x86, us-east-1 (aws.amazon.com/fargate/pricing, "
+           "read 2026-12-04)")
+_BACKEND_PLATFORM["aws_batch"] = "aws_batch_fargate"
+_BACKEND_PLATFORM["azure_functions"] = "azure_functions"
+# Alibaba Function Compute 3.0 bills compute units (CU), tier 1 (first 100 million CU a
+# month) USD 0.000020 per CU, where 1 active vCPU-second = 1 CU, 1 GB-second of memory =
+# 0.15 CU and 10,000 invocations = 75 CU (alibabacloud.com/help/en/functioncompute/fc-3-0/
+# product-overview/pay-as-you-go-billing-method-1, updated 2024-08-27; the 20% discount
+# ended 2025-08-27). The page states no rounding of durations: 1 ms is assumed.
+PRICES["aliyun_fc"] = PriceSheet(
+    "aliyun_fc", per_gb_second=0.15 * 0.000020, per_vcpu_second=0.000020, per_request=75 / 10_000 * 0.000020,
+    granularity_ms=1,
+    source="Alibaba Function Compute 3.0 pay-as-you-go, CU tier 1 (alibabacloud.com/help/en/functioncompute/"
+           "fc-3-0/product-overview/pay-as-you-go-billing-method-1, updated 2024-08-27, read 2026-12-04)")
+_BACKEND_PLATFORM["aliyun_fc"] = "aliyun_fc"
 #: Backends whose calls run on this machine: nothing to pay a platform for.
 _FREE_BACKENDS = {"local"}
 

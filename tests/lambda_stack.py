@@ -167,8 +167,11 @@ class ThrottlingProxy:
     ``throttled`` those refused, and ``bodies`` keeps their payloads. Runs in a thread of the test process (daemon).
     """
 
-    def __init__(self, target: str, throttle: int = 0) -> None:
+    def __init__(self, target: str, throttle: int = 0, path_prefix: str = "/2015-03-31/functions/",
+                 path_part: str = "/invocations") -> None:
         self.target = target.rstrip("/")
+        #: Which requests count as the throttled API call (Lambda's Invoke unless told).
+        self.path_prefix, self.path_part = path_prefix, path_part
         self.throttle = throttle
         #: The refusal sent back: Lambda's throttling answer unless a test picks another.
         self.refusal = (429, "TooManyRequestsException", "Rate Exceeded.")
@@ -187,7 +190,7 @@ class ThrottlingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                if "/invocations" in self.path and self.path.startswith("/2015-03-31/functions/"):
+                if proxy.path_part in self.path and self.path.startswith(proxy.path_prefix):
                     with proxy.lock:
                         proxy.invokes += 1
                         proxy.bodies.append(body)

@@ -159,7 +159,8 @@ class OverridesTest(unittest.TestCase):
                 self.assertEqual(sheet.platform, name)
                 self.assertRegex(sheet.source, r"\(\S+\.(com|net)/\S+.*read \d{4}-\d{2}-\d{2}\)")
                 self.assertGreater(sheet.per_gb_second, 0)
-                self.assertGreater(sheet.per_request, 0)
+                # Batch-style platforms (aws_batch_fargate) charge no per-job request fee.
+                self.assertGreaterEqual(sheet.per_request, 0)
 
 
 class ErrorsTest(unittest.TestCase):

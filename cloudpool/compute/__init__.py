@@ -17,3 +17,7 @@ backends.register("openwhisk", "cloudpool.compute.openwhisk:OpenWhiskBackend", "
 backends.register("cloudrun", "cloudpool.compute.cloudrun:CloudRunBackend", "gcp", declared=_D + "CLOUDRUN")
 backends.register("codeengine", "cloudpool.compute.codeengine:CodeEngineBackend", "k8s",
                   declared=_D + "CODEENGINE")
+backends.register("aws_batch", "cloudpool.compute.aws_batch:AwsBatchBackend", "aws", declared=_D + "AWS_BATCH")
+backends.register("azure_functions", "cloudpool.compute.azure_functions:AzureFunctionsBackend", "azure",
+                  declared=_D + "AZURE_FUNCTIONS")
+backends.register("aliyun_fc", "cloudpool.compute.aliyun_fc:AliyunFcBackend", "aliyun", declared=_D + "ALIYUN_FC")

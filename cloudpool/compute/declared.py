@@ -40,3 +40,20 @@ CODEENGINE = Declared(frozenset({"url", "urls", "token", "concurrency", "request
                                  "notices", "region", "api_key", "iam_endpoint", "api_server", "namespace",
                                  "app", "image", "memory_mb", "timeout"}),
                       secrets=frozenset({"api_key", "token"}))
+
+AWS_BATCH = Declared(frozenset({
+    "job_definition", "runtime", "job_queue", "compute_environment", "region", "endpoint_url", "image",
+    "memory_mb", "vcpus", "timeout", "max_vcpus", "job_role", "service_role", "execution_role", "subnets",
+    "security_groups", "retry_seconds", "collect_window", "status_interval", "array_jobs",
+}))
+
+AZURE_FUNCTIONS = Declared(frozenset({
+    "app_name", "runtime", "url", "scm_url", "management_url", "auth", "function_key", "entra_scope",
+    "credential", "timeout", "memory_mb", "concurrency", "retry_seconds", "subscription_id", "resource_group",
+}), secrets=frozenset({"function_key", "credential"}))
+
+ALIYUN_FC = Declared(frozenset({
+    "function_name", "runtime", "region", "account_id", "endpoint", "protocol", "memory_mb", "timeout",
+    "concurrency", "retry_seconds", "role", "runtime_version", "access_key_id", "access_key_secret",
+    "security_token",
+}), secrets=frozenset({"access_key_secret", "security_token"}))
