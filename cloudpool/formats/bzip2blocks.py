@@ -57,12 +57,26 @@ def bits_at(buf: bytes, bit: int, n: int) -> int:
 def find_magic(buf: bytes, start_bit: int) -> Optional[Tuple[int, int]]:
     """The first ``(bit offset, magic)`` of a block or end-of-stream magic at or after
     ``start_bit`` lying wholly inside ``buf``, or None."""
+    # Search growing windows: 16 keys each scanning to the end of a ~1 MB buffer for
+    # every block made level-1 files (30 kB blocks) 3x slower than one scan.
+    lo = max(1, start_bit // 8)  # the key sits one byte after the magic's first byte
+    width = 64 * 1024
+    while True:
+        hi = min(len(buf), lo + width)
+        hit = _find_in(buf, start_bit, lo, hi)
+        if hit is not None or hi >= len(buf):
+            return hit
+        width *= 4
+
+
+def _find_in(buf: bytes, start_bit: int, lo: int, hi: int) -> Optional[Tuple[int, int]]:
     best: Optional[Tuple[int, int]] = None
     nbits = len(buf) * 8
     for magic, (s, key) in _KEYS:
-        j = max(1, start_bit // 8)  # the key sits one byte after the magic's first byte
+        j = lo
         while True:
-            j = buf.find(key, j)
+            end = hi if best is None else min(hi, best[0] // 8 + 6)
+            j = buf.find(key, j, end)
             if j == -1:
                 break
             p = (j - 1) * 8 + s
