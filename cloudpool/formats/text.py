@@ -468,6 +468,12 @@ class LinesPartitioner(Partitioner):
             return [ObjectPart(obj.url, bounds[i], bounds[i + 1], i, n, obj.size,
                                newline=newline, storage_options=obj.storage_options)
                     for i in range(n)]
+        if codec == "zstd":
+            # A seekable-format seek table gives the frames with one GET: no scan.
+            from .zstdseek import try_seekable
+            seekable = try_seekable(obj, ctx, newline)
+            if seekable is not None:
+                return seekable
         index = load_or_build(obj, codec, LinesRule(newline), ctx)
         return text_parts(obj, codec, index, ctx,
                           lambda **kw: LinesPart(kw.pop("obj"), kw.pop("part"), kw.pop("parts"),
