@@ -106,6 +106,13 @@ class ZstdSeekableContract:
             parts = self.parts(url, chunk_size=128 * 1024)
         self.assertGreater(len(parts), 4)
         self.check_lines(data, parts)
+        # Another one-byte separator (not split by io.BytesIO).
+        semi = data.replace(b"\n", b";")
+        url = self.put("semi.txt.zst", seekable(semi, list(range(0, len(semi), 50000))))
+        parts = self.parts(url, chunk_size=100000, newline=b";")
+        self.assertTrue(all(isinstance(p, ZstdSeekablePart) for p in parts))
+        self.assertEqual([r for p in parts for r in p],
+                         [x + b";" for x in semi.split(b";")[:-1]])
 
     def test_not_seekable_uses_the_text_index(self) -> None:
         data = b"".join(b"%d\n" % i for i in range(5000))

@@ -21,6 +21,7 @@ add up to the object's size is ignored (the text index is used instead).
 """
 from __future__ import annotations
 
+import io
 import struct
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -107,7 +108,8 @@ class ZstdSeekablePart(Part):
         return (f"{type(self).__name__}({self.url!r}, part {self.part + 1}/{self.parts}, "
                 f"zstd seekable, decompressed bytes ({self.dec}, {self.end_}])")
 
-    def __iter__(self) -> Iterator[bytes]:
+    def _chunks(self) -> Iterator[bytes]:
+        """Runs of whole records this part owns, in order (the last may lack its separator)."""
         sep = self.newline
         stream = Decompressed(self.obj, "zstd", self.comp, self.dec)
         pos = self.dec          # decompressed offset of buf[0]
@@ -117,29 +119,47 @@ class ZstdSeekablePart(Part):
         cur: Optional[int] = 0 if self.part == 0 else None
         last = self.end_ if self.part + 1 < self.parts else self.total
         for block in stream:
-            buf += block
+            buf = buf + block if buf else block
             if cur is None:
                 p = buf.find(sep)
                 if p == -1:
                     pos, buf = pos + len(buf), b""
                     continue
                 cur = p + 1
-            while cur < len(buf) and pos + cur <= last:
-                p = buf.find(sep, cur)
-                if p == -1:
-                    break
-                yield buf[cur:p + 1]
-                cur = p + 1
-            if cur is not None and (pos + cur > last or pos + cur >= self.total):
+            k = last - pos  # index in buf of the last start we may own
+            if cur > k:
                 return
+            if k < len(buf):
+                q = buf.find(sep, max(cur, k))
+                if q != -1:  # the record holding offset ``last`` ends here: done
+                    yield buf[cur:q + 1]
+                    return
+            e = buf.rfind(sep, cur) + 1
+            if e > cur:
+                yield buf[cur:e]
+                cur = e
             pos, buf, cur = pos + cur, buf[cur:], 0
         if stream.error is not None:
             raise self.error(stream.error)
         if cur is not None and cur < len(buf) and pos + cur <= last:
             yield buf[cur:]  # the last record, without a separator
 
+    def __iter__(self) -> Iterator[bytes]:
+        if self.newline == b"\n":
+            for chunk in self._chunks():
+                yield from io.BytesIO(chunk)  # splits at b"\n" in C
+            return
+        sep = self.newline
+        for chunk in self._chunks():
+            start = 0
+            while start < len(chunk):
+                p = chunk.find(sep, start)
+                end = len(chunk) if p == -1 else p + 1
+                yield chunk[start:end]
+                start = end
+
     def read(self) -> bytes:
-        return b"".join(self)
+        return b"".join(self._chunks())
 
 
 def try_seekable(obj: ObjectRef, ctx: PartitionContext, newline: Any) -> Optional[List[Any]]:
