@@ -25,8 +25,6 @@ tmp = tempfile.mkdtemp()
 with_table = seekable(data, cuts)
 frames_only = with_table[:len(with_table) - (8 + 8 * len(cuts) + 9)]
 d = zstandard.ZstdDecompressor()
-t = time.perf_counter()
-ref = b"".join(d.decompressobj().decompress(f) for f in [frames_only]) if False else None
 seq = []
 for _ in range(3):
     t = time.perf_counter()
