@@ -92,6 +92,7 @@ class ZstdSeekablePart(Part):
         self.end_ = end
         self.total = total
         self.newline = newline
+        self.header = None  # as on the text-index parts (CSV sets it)
 
     @property
     def start(self) -> int:
@@ -160,6 +161,10 @@ class ZstdSeekablePart(Part):
 
     def read(self) -> bytes:
         return b"".join(self._chunks())
+
+    def open(self) -> io.BufferedIOBase:
+        """A binary file object over this part's records' bytes (as ``LinesPart.open``)."""
+        return io.BytesIO(self.read())
 
 
 def try_seekable(obj: ObjectRef, ctx: PartitionContext, newline: Any) -> Optional[List[Any]]:
