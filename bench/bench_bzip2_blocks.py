@@ -10,30 +10,54 @@ import bz2
 import random
 import tempfile
 import time
+
 from cloudpool import objects
 from cloudpool.formats import bzip2blocks
-rng = random.Random(0)
-words = [b"w%d" % i for i in range(5000)]
-data = b"".join(b" ".join(rng.choice(words) for _ in range(rng.randint(0, 14))) + b"\n" for _ in range(500000))
-tmp = tempfile.mkdtemp()
-for lvl in (9, 1):
-    blob = bz2.compress(data, lvl)
-    path = f"{tmp}/x{lvl}.txt.bz2"; open(path, "wb").write(blob)
-    seq = min((lambda t: (bz2.decompress(blob), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(3))
-    t = time.perf_counter(); parts = list(objects(path, chunk_size=4 << 20, index_cache=tmp + "/idx")); first = time.perf_counter() - t
-    produced = []
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    rng = random.Random(0)
+    words = [b"w%d" % i for i in range(5000)]
+    data = b"".join(b" ".join(rng.choice(words) for _ in range(rng.randint(0, 14))) + b"\n"
+                    for _ in range(500000))
+    tmp = tempfile.mkdtemp()
     real = bzip2blocks.decompress_block
-    def counting(b, s, e):
-        o = real(b, s, e)
-        if o is not None: produced.append(len(o))
-        return o
-    bzip2blocks.decompress_block = counting
-    ts = []
-    for _ in range(3):
-        produced.clear()
-        t = time.perf_counter(); n = sum(len(p.read()) for p in parts); ts.append(time.perf_counter() - t)
-    bzip2blocks.decompress_block = real
-    assert n == len(data)
-    print(f"level {lvl}: {len(data)/1e6:.1f} MB text, {len(blob)/1e6:.1f} MB bz2, {len(parts)} parts; "
-          f"sequential bz2.decompress {seq:.2f} s; index scan (first use) {first:.2f} s; "
-          f"all parts, one process {min(ts):.2f} s = {min(ts)/seq:.2f}x; decompressed bytes / object = {sum(produced)/len(data):.3f}")
+    produced = []
+
+    def counting(buf, start, end):  # counts the bytes every block decompression produces
+        out = real(buf, start, end)
+        if out is not None:
+            produced.append(len(out))
+        return out
+
+    for level in (9, 1):
+        blob = bz2.compress(data, level)
+        path = f"{tmp}/x{level}.txt.bz2"
+        with open(path, "wb") as f:
+            f.write(blob)
+        seq = min(timed(lambda: bz2.decompress(blob))[1] for _ in range(3))
+        parts, first = timed(lambda: list(objects(path, chunk_size=4 << 20,
+                                                  index_cache=tmp + "/idx")))
+        bzip2blocks.decompress_block = counting
+        runs = []
+        for _ in range(3):
+            produced.clear()
+            n, dt = timed(lambda: sum(len(p.read()) for p in parts))
+            runs.append(dt)
+        bzip2blocks.decompress_block = real
+        assert n == len(data)
+        print(f"level {level}: {len(data) / 1e6:.1f} MB text, {len(blob) / 1e6:.1f} MB bz2, "
+              f"{len(parts)} parts; sequential bz2.decompress {seq:.2f} s; index scan (first "
+              f"use) {first:.2f} s; all parts, one process {min(runs):.2f} s = "
+              f"{min(runs) / seq:.2f}x; decompressed bytes / object = "
+              f"{sum(produced) / len(data):.3f}")
+
+
+if __name__ == "__main__":
+    main()
