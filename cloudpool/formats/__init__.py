@@ -50,6 +50,8 @@ formats.register("lidar", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
 formats.register("las", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
 formats.register("laz", "cloudpool.formats.lidar:LidarPartitioner", "lidar")
 formats.register("imzml", "cloudpool.formats.imzml:ImzmlPartitioner", "imzml")
+formats.register("fasta", "cloudpool.formats.fastx:FastaPartitioner")
+formats.register("fastq", "cloudpool.formats.fastx:FastqPartitioner")
 
 
 def _classes() -> List[Tuple[str, Type[Partitioner]]]:

@@ -7,8 +7,10 @@ members (BGZF is 64 KiB members), bzip2 streams (pbzip2, lbzip2 write many), zst
 boundary with a fresh decompressor, so a seek point is just ``(compressed offset,
 decompressed offset)`` and needs no saved window. One sequential pass finds them all.
 
-Limit: inside one unit there is no seek point here (deflate and bzip2 blocks start at bit
-offsets, which the stdlib decompressors cannot start from). Parts are placed at unit
+Limit: inside one gzip member or zstd frame there is no seek point here (deflate blocks
+start at bit offsets and need the previous 32 KiB window). bzip2 is the exception: its
+blocks are independent, and ``bzip2blocks.py`` reads them one by one, so bzip2 seek points
+are at every block, with *bit* offsets as compressed offsets. Parts are placed at unit
 starts (``text.py``), so all parts together decompress each unit once; long gzip members
 get finer seek points from an indexed_gzip index instead (``text.zran_index``).
 
@@ -118,6 +120,16 @@ class Decompressed:
         self.error_at: Optional[int] = None
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.codec == "bzip2":
+            # bzip2 is read block by block (seek points inside a stream; offsets in bits).
+            from .bzip2blocks import Bzip2Blocks
+            blocks = Bzip2Blocks(self.obj, self.comp, self.decomp0, self.read_block)
+            self.points = blocks.points
+            try:
+                yield from blocks
+            finally:
+                self.error, self.error_at = blocks.error, blocks.error_at
+            return
         factory = CODECS[self.codec][2]
         magic = CODECS[self.codec][0]
         size = self.obj.size

@@ -7,7 +7,8 @@ Everything else (compressed lines, CSV/TSV plain or compressed) is partitioned f
 *text index* built by one sequential pass over the (decompressed) data on the client:
 
 - ``points``: seek points ``(compressed offset, decompressed offset)`` at unit starts
-  (gzip members, bzip2 streams, zstd frames; see ``codecs.py``), at least ``g``
+  (gzip members, bzip2 blocks -- offsets in bits --, zstd frames; see ``codecs.py``
+  and ``bzip2blocks.py``), at least ``g``
   decompressed bytes apart;
 - ``starts``: record starts, the first one at or after every multiple of ``g``, found by
   the format's record rule (``LinesRule`` here: the ``ObjectPart`` separator rule; CSV's
@@ -43,7 +44,7 @@ __all__ = ["LinesPartitioner", "GzipLinesPartitioner", "Bzip2LinesPartitioner",
 SCAN_READ = 4 * 1024 * 1024
 #: Upper bound of the index granularity ``g`` (decompressed bytes).
 MAX_GRANULE = 4 * 1024 * 1024
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: bzip2 seek points are block starts, in bits
 
 
 # ---------------------------------------------------------------------------- the index
@@ -467,6 +468,12 @@ class LinesPartitioner(Partitioner):
             return [ObjectPart(obj.url, bounds[i], bounds[i + 1], i, n, obj.size,
                                newline=newline, storage_options=obj.storage_options)
                     for i in range(n)]
+        if codec == "zstd":
+            # A seekable-format seek table gives the frames with one GET: no scan.
+            from .zstdseek import try_seekable
+            seekable = try_seekable(obj, ctx, newline)
+            if seekable is not None:
+                return seekable
         index = load_or_build(obj, codec, LinesRule(newline), ctx)
         return text_parts(obj, codec, index, ctx,
                           lambda **kw: LinesPart(kw.pop("obj"), kw.pop("part"), kw.pop("parts"),
