@@ -16,6 +16,7 @@ import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures import _base as _futures_base
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit, urlunsplit
 
 from . import _manager, progress, protocol
 from .compute import backends
@@ -135,6 +136,14 @@ def _chunks(iterator: Iterator[tuple], size: int, sizes: List[int]) -> Iterator[
         yield chunk
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` in its authority."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 class CloudPoolExecutor(Executor):
     """Run calls on a cloudpool backend with ``ProcessPoolExecutor`` semantics.
 
@@ -209,9 +218,10 @@ class CloudPoolExecutor(Executor):
         self._event_base = {
             "protocol": protocol.PROTOCOL_VERSION,
             "versions": protocol.versions(),
-            # The URL as the storage spells it: a password in the configured URL
-            # (redis://user:pw@host/...) is the storage's to keep, never the event's.
-            "storage": {"url": self._storage.url(root), "options": self._storage.public_options()},
+            # A password in the configured URL (redis://user:pw@host/...) is the storage's
+            # to keep, never the event's; the scheme stays as given (a storage registered
+            # under its own scheme may share another's URL spelling).
+            "storage": {"url": _without_userinfo(storage_url), "options": self._storage.public_options()},
             "keys": {"root": self._keys.root, "executor": self._executor_id},
             "timeout": self._config["timeout"],
             "flush_interval": self._config["flush_interval"],
