@@ -299,16 +299,16 @@ class ContainerAppsRunTest(unittest.TestCase):
 class ContainerAppsLifecycleTest(unittest.TestCase):
     """ARM as a contract test; deploy -> list -> run -> delete through the `cloudpool runtime` CLI."""
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, command: str = "runtime", **more: Any) -> subprocess.CompletedProcess:
         import yaml
 
         path = os.path.join(tempfile.mkdtemp(prefix="cp-aca-cli-"), "config.yaml")
         with open(path, "w") as f:
             yaml.safe_dump({"storage": f"s3://{_State.bucket}/cli", "s3": {"endpoint_url": _State.moto.endpoint_url},
-                            "containerapps": aca_options()}, f)
+                            "containerapps": aca_options(**more)}, f)
         env = dict(os.environ, PYTHONPATH=ROOT, CLOUDPOOL_CONFIG=path, **_State.moto.env)
         return subprocess.run([sys.executable, "-c", "import sys; from cloudpool.cli import main; "
-                               "sys.exit(main(sys.argv[1:]))", "runtime", *args, "--backend", "containerapps"],
+                               "sys.exit(main(sys.argv[1:]))", command, *args, "--backend", "containerapps"],
                               env=env, capture_output=True, text=True, timeout=BOUND)
 
     def test_missing_app_refused_then_deploy_list_run_delete(self) -> None:
@@ -358,6 +358,11 @@ class ContainerAppsLifecycleTest(unittest.TestCase):
                                config={"containerapps": aca_options(url=_State.deployed["cp-app"]),
                                        "s3": dict(_State.s3)}) as ex:
             self.assertEqual(list(ex.map(square, range(10), timeout=BOUND)), list(map(square, range(10))))
+
+        # `cloudpool hello` checks the account (ARM), the runtime (handshake) and the storage.
+        out = self.cli(command="hello", url=_State.deployed["cp-app"])
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("containerapps", out.stdout)
 
         # A redeploy keeps the token, so running clients keep working.
         self.assertEqual(self.cli("deploy", "cp-app").returncode, 0)
