@@ -27,7 +27,7 @@ import time
 import unittest
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from cloudpool import CloudPoolExecutor
@@ -58,6 +58,7 @@ class ArmStub:
 
     def __init__(self, on_create) -> None:
         self.apps: Dict[str, Dict[str, Any]] = {}
+        self.auth_configs: Dict[str, Dict[str, Any]] = {}
         self.secrets: Dict[str, List[Dict[str, str]]] = {}
         self.ops: Dict[str, int] = {}  # operation id -> polls left before it finishes
         self.requests: List[Dict[str, Any]] = []
@@ -136,6 +137,14 @@ class ArmStub:
             if name not in self.apps:
                 return h._answer(404, not_found)
             return h._answer(200, {"value": self.secrets[name]})
+        if action == "authConfigs/current" and method == "PUT":
+            if name not in self.apps:
+                return h._answer(404, not_found)
+            aad = body["properties"]["identityProviders"]["azureActiveDirectory"]
+            assert aad["enabled"] is True and aad["registration"]["clientId"], body
+            self.auth_configs[name] = body
+            return h._answer(200, dict(body, id=f"{APPS_PATH}/{name}/authConfigs/current", name="current",
+                                       type="Microsoft.App/containerApps/authConfigs"))
         assert not action, f"unexpected action {action}"
         if method == "GET":
             return h._answer(200, self.apps[name]) if name in self.apps else h._answer(404, not_found)
@@ -147,6 +156,11 @@ class ArmStub:
             assert {"name": "CLOUDPOOL_RUNTIME_TOKEN", "secretRef": secrets[0]["name"]} in container["env"]
             assert props["configuration"]["ingress"]["targetPort"] == 8080
             created = name not in self.apps
+            if "--insecure-no-token" in container.get("args", []):
+                # A runtime checking no token is only safe behind Container Apps authentication.
+                props_auth = (self.auth_configs.get(name) or {}).get("properties") or {}
+                assert (props_auth.get("globalValidation") or {}).get("unauthenticatedClientAction") == \
+                    "Return401", "the runtime would be open: no authentication configured"
             self.secrets[name] = secrets
             props["provisioningState"] = "InProgress"
             props["configuration"]["ingress"]["fqdn"] = f"{name}.happy-sky-1.{REGION}.azurecontainerapps.io"
@@ -187,13 +201,13 @@ class _State:
     deployed: Dict[str, str] = {}  # app name -> runtime URL
 
 
-def start_runtime(token: str, pythonpath: str = "") -> str:
+def start_runtime(token: str, pythonpath: str = "", extra: Sequence[str] = ()) -> str:
     """The knative runtime server as a process (one container app replica); returns its URL."""
     port = servers.free_port()
     log = open(os.path.join(tempfile.gettempdir(), f"containerapps-runtime-{port}.log"), "w")
     proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "runtime", "knative", "server.py"), "--host", "127.0.0.1",
-         "--port", str(port), "--concurrency", "2", "--start-method", "fork"],
+         "--port", str(port), "--concurrency", "2", "--start-method", "fork", *extra],
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, ROOT) if p),
                  CLOUDPOOL_RUNTIME_TOKEN=token, **_State.moto.env),
         stdout=log, stderr=subprocess.STDOUT)
@@ -394,6 +408,62 @@ class ContainerAppsLifecycleTest(unittest.TestCase):
             b.delete_runtime("someone-else")
         self.assertIn("someone-else", _State.arm.apps)
         del _State.arm.apps["someone-else"]
+
+
+class ContainerAppsEntraTest(unittest.TestCase):
+    """auth='entra': Entra tokens from an azure-identity credential; deploy behind Container Apps authentication."""
+
+    class Credential:
+        def __init__(self) -> None:
+            self.scopes: List[str] = []
+
+        def get_token(self, *scopes: str):
+            from collections import namedtuple
+
+            self.scopes.extend(scopes)
+            return namedtuple("AccessToken", "token expires_on")("entra-" + scopes[0], time.time() + 3600)
+
+    def test_entra_deploy_configures_authentication_before_opening_the_runtime(self) -> None:
+        arm = _State.arm
+        tenant = str(uuid.uuid4())
+        b = backends.get("containerapps")(aca_options(auth="entra", client_id="c1d2", tenant_id=tenant,
+                                                      credential=self.Credential(), app="cp-entra"),
+                                          max_workers=None, storage_url=f"s3://{_State.bucket}/x",
+                                          storage_options={})
+        arm.requests.clear()
+        b.deploy_runtime()
+        puts = [r for r in arm.requests if r["method"] == "PUT"]
+        self.assertEqual([r["path"] for r in puts], [f"{APPS_PATH}/cp-entra", f"{APPS_PATH}/cp-entra/authConfigs/current",
+                                                     f"{APPS_PATH}/cp-entra"])
+        args = [r["body"]["properties"]["template"]["containers"][0]["args"] for r in (puts[0], puts[2])]
+        self.assertNotIn("--insecure-no-token", args[0])  # token-checked until authentication is on
+        self.assertIn("--insecure-no-token", args[1])
+        aad = puts[1]["body"]["properties"]["identityProviders"]["azureActiveDirectory"]
+        self.assertEqual(aad["registration"], {"clientId": "c1d2",
+                                               "openIdIssuer": f"https://sts.windows.net/{tenant}/v2.0"})
+        self.assertEqual(aad["validation"], {"allowedAudiences": ["api://c1d2"]})
+        self.assertEqual([r["auth"] for r in b.list_runtimes() if r["name"] == "cp-entra"], ["entra"])
+        b.delete_runtime("cp-entra")
+        b.shutdown()
+
+    def test_entra_tokens_sent_to_the_runtime(self) -> None:
+        # Playing Container Apps authentication, which lets through only requests bearing a
+        # valid Entra token: the runtime accepts exactly the token the credential minted
+        # for api://c1d2/.default (the platform's own check is not exercised here).
+        url = start_runtime("entra-api://c1d2/.default")
+        cred = self.Credential()
+        with CloudPoolExecutor(max_workers=2, backend="containerapps", storage=f"s3://{_State.bucket}/e",
+                               config={"containerapps": {"url": url, "auth": "entra", "client_id": "c1d2",
+                                                         "credential": cred}, "s3": dict(_State.s3)}) as ex:
+            self.assertEqual(list(ex.map(square, range(8), timeout=BOUND)), list(map(square, range(8))))
+        self.assertEqual(set(cred.scopes), {"api://c1d2/.default"})
+        # A token for another audience is refused.
+        with CloudPoolExecutor(max_workers=1, backend="containerapps", storage=f"s3://{_State.bucket}/e",
+                               config={"containerapps": {"url": url, "auth": "entra", "client_id": "other",
+                                                         "credential": self.Credential()},
+                                       "s3": dict(_State.s3)}) as ex:
+            with self.assertRaisesRegex(PermissionError, "api://other/.default"):
+                ex.submit(square, 2).result(BOUND)
 
 
 class ContainerAppsOptionsTest(unittest.TestCase):

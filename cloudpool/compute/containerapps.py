@@ -10,7 +10,10 @@ This module owns what is specific to Container Apps:
   container reads it as ``CLOUDPOOL_RUNTIME_TOKEN`` through a ``secretRef``);
   ``auth="entra"`` sends a Microsoft Entra access token from azure-identity for the
   scope ``api://{client_id}/.default``, for apps behind Container Apps authentication
-  (Easy Auth), which checks the token before the request reaches the runtime.
+  (Easy Auth), which checks the token before the request reaches the runtime. Deploying
+  with ``auth="entra"`` creates the app token-checked, then configures its
+  ``authConfigs/current`` (Entra, unauthenticated requests answered 401), and only then
+  redeploys the runtime without a token check of its own.
 - **Runtimes**: ``cloudpool runtime deploy|list|delete --backend containerapps`` go through
   the Azure Resource Manager REST API (``Microsoft.App/containerApps``, api-version
   ``2024-03-01``) with plain ``requests``: PUT to create or update, GET by resource group
@@ -58,7 +61,7 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _RG_RE = re.compile(r"^[-\w._()]{1,90}$")
 _REGION_RE = re.compile(r"^[a-z]+[a-z0-9]*$")
 
-_OWN = ("auth", "client_id", "entra_scope", "credential", "management_token", "management_endpoint",
+_OWN = ("auth", "client_id", "tenant_id", "entra_scope", "credential", "management_token", "management_endpoint",
         "subscription_id", "resource_group", "app", "region", "environment_id", "image", "cpu", "memory_gi",
         "timeout", "max_replicas")
 
@@ -208,6 +211,11 @@ class ContainerAppsBackend(KnativeBackend):
                 raise _fail("entra_scope", "a scope like 'api://CLIENT_ID/.default'", scope)
             self.entra_scope = scope
             self._entra = _Tokens(scope, credential)
+        self.client_id = own.get("client_id")
+        self.tenant_id = own.get("tenant_id")
+        if self.tenant_id is not None and not (isinstance(self.tenant_id, str) and _UUID_RE.match(self.tenant_id)):
+            raise _fail("tenant_id", "the Microsoft Entra tenant's GUID (`az account show --query tenantId`)",
+                        self.tenant_id)
 
         self._missing: Optional[BaseException] = None
         if "url" not in options and "urls" not in options:
@@ -371,9 +379,16 @@ class ContainerAppsBackend(KnativeBackend):
             "registry the app can pull from (e.g. `az acr build`), set the containerapps option 'image', then "
             "run `cloudpool runtime deploy --backend containerapps`")
 
-    def app_body(self, name: str, token: str, cpu: float, memory_gi: float) -> Dict[str, Any]:
-        """The ``Microsoft.App/containerApps`` resource PUT for runtime ``name``."""
+    def app_body(self, name: str, token: str, cpu: float, memory_gi: float,
+                 behind_auth: bool = False) -> Dict[str, Any]:
+        """The ``Microsoft.App/containerApps`` resource PUT for runtime ``name``.
+
+        ``behind_auth``: Container Apps authentication checks every request's Entra token
+        and forwards only authenticated ones (with their Authorization header, which the
+        runtime could not match against its shared token), so the runtime checks none.
+        """
         concurrency = self._services[0].weight
+        args = ["--concurrency", str(concurrency)] + (["--insecure-no-token"] if behind_auth else [])
         return {
             "location": self.region,
             "tags": {RUNTIME_TAG: "true"},
@@ -388,7 +403,7 @@ class ContainerAppsBackend(KnativeBackend):
                     "containers": [{
                         "name": "cloudpool",
                         "image": self.image,
-                        "args": ["--concurrency", str(concurrency)],
+                        "args": args,
                         "env": [{"name": "CLOUDPOOL_RUNTIME_TOKEN", "secretRef": SECRET_NAME}],
                         "resources": {"cpu": cpu, "memory": f"{memory_gi:g}Gi"},
                     }],
@@ -399,13 +414,24 @@ class ContainerAppsBackend(KnativeBackend):
             },
         }
 
+    def auth_body(self) -> Dict[str, Any]:
+        """The app's ``authConfigs/current``: Microsoft Entra tokens for our app registration, else 401."""
+        return {"properties": {
+            "platform": {"enabled": True},
+            "globalValidation": {"unauthenticatedClientAction": "Return401"},
+            "identityProviders": {"azureActiveDirectory": {
+                "enabled": True,
+                "registration": {"clientId": self.client_id,
+                                 "openIdIssuer": f"https://sts.windows.net/{self.tenant_id}/v2.0"},
+                "validation": {"allowedAudiences": [f"api://{self.client_id}"]},
+            }},
+        }}
+
     def deploy_runtime(self, name: Optional[str] = None, *, memory_mb: Optional[int] = None,
                        timeout: Optional[float] = None) -> Dict[str, Any]:
         self._need("deploy", ("subscription_id", "resource_group", "region", "environment_id", "image"))
         if self.auth == "entra":
-            raise ValueError("deploying with auth='entra' is not supported: deploy with the shared token "
-                             "(auth='token'), then configure Container Apps authentication yourself "
-                             "(`az containerapp auth microsoft update`)")
+            self._need("deploy (auth='entra')", ("client_id", "tenant_id"))
         name = name or self.app
         if not isinstance(name, str) or not _APP_RE.match(name):
             raise _fail("app", "a container app name (2-32 lower-case letters, digits and '-')", name)
@@ -422,6 +448,15 @@ class ContainerAppsBackend(KnativeBackend):
         resp = self._arm("PUT", f"{self._base()}/{name}", "deploy", name, json=self.app_body(name, token, cpu,
                                                                                                 memory_gi))
         self._wait(resp, "deploy", name)
+        if self.auth == "entra":
+            # Authentication first, and only then a runtime that trusts it: if configuring
+            # it fails, the app is left checking its shared token, never open.
+            resp = self._arm("PUT", f"{self._base()}/{name}/authConfigs/current", "configure authentication of",
+                             name, json=self.auth_body())
+            self._wait(resp, "configure authentication of", name)
+            resp = self._arm("PUT", f"{self._base()}/{name}", "deploy", name,
+                             json=self.app_body(name, token, cpu, memory_gi, behind_auth=True))
+            self._wait(resp, "deploy", name)
         app = self._get_app(name)
         fqdn = (((app.get("properties") or {}).get("configuration") or {}).get("ingress") or {}).get("fqdn")
         return {"name": name, "url": f"https://{fqdn}" if fqdn else None, "image": self.image, "cpu": cpu,
@@ -443,6 +478,7 @@ class ContainerAppsBackend(KnativeBackend):
                             "image": container.get("image"),
                             "cpu": (container.get("resources") or {}).get("cpu"),
                             "memory": (container.get("resources") or {}).get("memory"),
+                            "auth": "entra" if "--insecure-no-token" in (container.get("args") or []) else "token",
                             "state": props.get("provisioningState")})
             url = page.get("nextLink")
         return sorted(out, key=lambda r: r["name"] or "")
