@@ -289,6 +289,46 @@ class ContainerAppsRunTest(unittest.TestCase):
                 ex.submit(square, 3).result(BOUND)
         self.assertIn("cloudpool-token", str(cm.exception))
 
+    def test_busy_app_backed_off_within_retry_seconds(self) -> None:
+        import requests
+
+        # Container Apps' ingress answering 429 (replicas at their concurrency) to every call:
+        # the runtime's own /runtime answer is relayed, so the handshake passes.
+        meta = requests.get(_State.url + "/runtime", timeout=10,
+                            headers={"Authorization": f"Bearer {_State.token}"}).content
+        tries: List[float] = []
+
+        class Busy(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(meta)))
+                self.end_headers()
+                self.wfile.write(meta)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                tries.append(time.monotonic())
+                self.send_response(429)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            started = time.monotonic()
+            with executor(url=f"http://127.0.0.1:{server.server_address[1]}", retry_seconds=2) as ex:
+                with self.assertRaises(Exception) as cm:
+                    ex.submit(square, 2).result(BOUND)
+            self.assertLess(time.monotonic() - started, 40)
+        finally:
+            server.shutdown()
+            server.server_close()
+        self.assertIn("429", str(cm.exception) + str(cm.exception.__cause__))
+        self.assertGreater(len(tries), 1)  # tried again before giving up
+
     def test_stale_runtime_refused_before_any_invocation(self) -> None:
         import requests
 
