@@ -140,6 +140,11 @@ PRICES["aliyun_fc"] = PriceSheet(
     source="Alibaba Function Compute 3.0 pay-as-you-go, CU tier 1 (alibabacloud.com/help/en/functioncompute/"
            "fc-3-0/product-overview/pay-as-you-go-billing-method-1, updated 2024-08-27, read 2026-12-04)")
 _BACKEND_PLATFORM["aliyun_fc"] = "aliyun_fc"
+# The containerapps backend bills on the Container Apps sheet above. Its rates could not be
+# re-checked on 2026-12-04: the billing page (learn.microsoft.com/azure/container-apps/billing)
+# names the meters (vCPU-seconds, GiB-seconds, requests; 180,000 vCPU-s, 360,000 GiB-s and
+# 2 million requests free a month) but no prices, and the pricing page was not readable.
+_BACKEND_PLATFORM["containerapps"] = "container_apps"
 #: Backends whose calls run on this machine: nothing to pay a platform for.
 _FREE_BACKENDS = {"local"}
 

@@ -21,3 +21,5 @@ backends.register("aws_batch", "cloudpool.compute.aws_batch:AwsBatchBackend", "a
 backends.register("azure_functions", "cloudpool.compute.azure_functions:AzureFunctionsBackend", "azure",
                   declared=_D + "AZURE_FUNCTIONS")
 backends.register("aliyun_fc", "cloudpool.compute.aliyun_fc:AliyunFcBackend", "aliyun", declared=_D + "ALIYUN_FC")
+backends.register("containerapps", "cloudpool.compute.containerapps:ContainerAppsBackend", "azure",
+                  declared=_D + "CONTAINERAPPS")
