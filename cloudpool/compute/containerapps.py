@@ -130,6 +130,7 @@ class ContainerAppsBackend(KnativeBackend):
     """Runs invocations on an Azure container app of the cloudpool HTTP runtime."""
 
     name = "containerapps"
+    option_names = declared.CONTAINERAPPS.options
     secret_option_names = declared.CONTAINERAPPS.secrets
     manages_runtimes = True
 

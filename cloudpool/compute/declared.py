@@ -60,6 +60,6 @@ ALIYUN_FC = Declared(frozenset({
 
 CONTAINERAPPS = Declared(frozenset({
     "url", "urls", "token", "concurrency", "request_timeout", "retry_seconds", "notices", "auth", "client_id",
-    "tenant_id",    "entra_scope", "credential", "management_token", "management_endpoint", "subscription_id", "resource_group",
+    "tenant_id", "entra_scope", "credential", "management_token", "management_endpoint", "subscription_id", "resource_group",
     "app", "region", "environment_id", "image", "cpu", "memory_gi", "timeout", "max_replicas",
 }), secrets=frozenset({"token", "credential", "management_token"}))
