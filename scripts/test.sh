@@ -9,6 +9,7 @@ bash scripts/install-test-deps.sh
 skip=()
 if [ "${CLOUDPOOL_SKIP_LAMBDA_TIER:-0}" = 1 ]; then
     # Its podman images were not installed; every other test still runs.
-    skip=(--deselect tests/test_aws_lambda.py::LambdaContainerTest)
+    skip=(--deselect tests/test_aws_lambda.py::LambdaContainerTest
+          --deselect tests/test_aws_batch.py::BatchContainerTest)
 fi
 exec "$PY" -m pytest -q -p no:cacheprovider -o faulthandler_timeout=600 "${skip[@]}" "$@"
