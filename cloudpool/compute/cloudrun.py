@@ -157,16 +157,6 @@ class CloudRunBackend(KnativeBackend):
                 f"caller needs roles/run.invoker on the service, and 'audience' must be one the service "
                 f"accepts (its URL, or the custom audience cloudpool's deploy gives it)") from None
 
-    def start(self, notify) -> None:
-        if self._missing is not None:
-            # No service to check: every invoke is refused with the deploy command (knative's
-            # invoke raises the refusal, which the manager gives to the calls).
-            self._notify = notify
-            self._refused = self._missing
-            self._checks_done.set()
-            return
-        super().start(notify)
-
     def describe(self) -> Dict[str, Any]:
         if self._missing is not None:
             return {"backend": self.name, "error": str(self._missing)}

@@ -224,14 +224,6 @@ class CodeEngineBackend(KnativeBackend):
                                f"deploy --backend codeengine {name}`") from None
 
     # ------------------------------------------------------------------ manager side
-    def start(self, notify) -> None:
-        if self._missing is not None:
-            self._notify = notify
-            self._refused = self._missing
-            self._checks_done.set()
-            return
-        super().start(notify)
-
     def describe(self) -> Dict[str, Any]:
         if self._missing is not None:
             return {"backend": self.name, "error": str(self._missing)}

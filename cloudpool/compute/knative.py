@@ -306,7 +306,17 @@ class KnativeBackend(ComputeBackend):
                 "max_concurrency": self.max_concurrency, "runtimes": runtimes}
 
     # ------------------------------------------------------------------ manager side
+    #: A subclass sets this when its platform has no deployed runtime yet (the refusal
+    #: naming the deploy command): start() then checks no URL and every invoke raises it,
+    #: which the manager gives to the calls.
+    _missing: Optional[BaseException] = None
+
     def start(self, notify) -> None:
+        if self._missing is not None:
+            self._notify = notify
+            self._refused = self._missing
+            self._checks_done.set()
+            return
         super().start(notify)
         # The handshake runs in the background and the first invoke() waits for it: the
         # manager marks the first batch running before anything goes over the network,
