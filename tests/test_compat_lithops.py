@@ -610,15 +610,6 @@ def fail_first(path, x):
     return x
 
 
-def _nested_executors_work() -> bool:
-    """Whether a call may open an executor of its own here (issue 13 part 2)."""
-    with lithops.FunctionExecutor() as fexec:
-        try:
-            return fexec.call_async(returns_future, 1).result(timeout=60) == 2
-        except AssertionError:  # "daemonic processes are not allowed to have children"
-            return False
-
-
 class environ:
     """Set environment variables for a block (a worker process's credential chain)."""
 
@@ -838,8 +829,6 @@ class FunctionExecutorTest(unittest.TestCase):
         self.assertEqual(self.fexec.map(summed, items).get_result(), direct)
 
     def test_futures_a_function_returns_are_resolved(self) -> None:
-        if not _nested_executors_work():
-            self.skipTest("needs nested executors on the local backend (issue 13 part 2)")
         self.assertEqual(self.fexec.call_async(returns_futures, 3).result(timeout=60), [0, 1, 2])
         self.assertEqual(self.fexec.call_async(returns_future, 4).result(timeout=60), 5)
 
